@@ -1,0 +1,263 @@
+//! Group commit: the core's committer decides when pending appends are written and made
+//! durable, and does it for every shard with pending data at once, so one fdatasync per
+//! touched file is shared by every append in the commit window. Owns the commit window, the
+//! bound on bytes awaiting commit (backpressure) and the commit counters. Does not know the
+//! byte layout (the shard log writes its own files). One committer per core, on that core.
+//!
+//! The window: a commit starts at once when the core has not started one for a whole
+//! window (so a lone append on an idle core never waits it out); otherwise it starts when
+//! the window since the last commit's start has passed, or as soon as `commit_bytes` are
+//! pending, whichever comes first. Appends that arrive while a commit is writing wait for
+//! the next one.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use glommio::sync::Semaphore;
+use glommio::task::JoinHandle;
+use thiserror::Error;
+
+use crate::limits::{
+    BATCH_ENCODED_BYTES_MAX, COMMIT_BYTES_DEFAULT, COMMIT_WINDOW_US_DEFAULT,
+    PENDING_BYTES_MAX_DEFAULT,
+};
+use crate::log::files::IoError;
+use crate::log::shard::ShardLog;
+
+/// When and how a core commits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitConfig {
+    /// Longest an append waits for company before its commit starts, in microseconds.
+    pub window_us: u64,
+    /// A commit starts at once when this many bytes are pending on the core.
+    pub commit_bytes: usize,
+    /// Appends wait while this many bytes are appended but not yet durable on the core.
+    pub pending_bytes_max: usize,
+    /// Acknowledge appends once written, before fdatasync. A crash of the machine (not just
+    /// the process) can then lose acknowledged records. For benchmarks only; off by default.
+    pub ack_before_sync: bool,
+}
+
+impl Default for CommitConfig {
+    fn default() -> CommitConfig {
+        CommitConfig {
+            window_us: COMMIT_WINDOW_US_DEFAULT,
+            commit_bytes: COMMIT_BYTES_DEFAULT,
+            pending_bytes_max: PENDING_BYTES_MAX_DEFAULT,
+            ack_before_sync: false,
+        }
+    }
+}
+
+/// A commit that failed. The appends it carried are not acknowledged.
+#[derive(Clone, Debug, Error)]
+pub enum CommitError {
+    #[error("commit failed: {0}")]
+    Io(#[from] IoError),
+}
+
+/// Counters of one core's commits since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Commit rounds run.
+    pub commits: u64,
+    /// Batches written, over all rounds.
+    pub batches: u64,
+    /// Bytes written (batches only, not block padding).
+    pub bytes: u64,
+    /// fdatasync calls issued.
+    pub fsyncs: u64,
+    /// Commits that failed.
+    pub failures: u64,
+}
+
+impl CommitStats {
+    /// Mean number of batches per commit round: how much group commit shares one sync.
+    pub fn mean_batches_per_commit(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.batches as f64 / self.commits as f64
+        }
+    }
+}
+
+/// The group committer of one core.
+pub struct Committer {
+    config: CommitConfig,
+    queue: RefCell<Vec<Rc<ShardLog>>>,
+    queued_bytes: Cell<usize>,
+    work: Signal,
+    full: Signal,
+    /// Bytes a core may have appended but not durable; appends take, commits give back.
+    budget: Semaphore,
+    last_start: Cell<Option<Instant>>,
+    stats: Cell<CommitStats>,
+    closing: Cell<bool>,
+    task: RefCell<Option<JoinHandle<()>>>,
+}
+
+impl Committer {
+    /// Creates the committer and starts its task on the current glommio executor.
+    ///
+    /// # Panics
+    /// When `pending_bytes_max` is below one maximal batch (no append could ever proceed);
+    /// the server's config validation rejects that before it gets here.
+    pub fn start(config: CommitConfig) -> Rc<Committer> {
+        assert!(config.pending_bytes_max >= BATCH_ENCODED_BYTES_MAX);
+        let committer = Rc::new(Committer {
+            budget: Semaphore::new(config.pending_bytes_max as u64),
+            config,
+            queue: RefCell::new(Vec::new()),
+            queued_bytes: Cell::new(0),
+            work: Signal::default(),
+            full: Signal::default(),
+            last_start: Cell::new(None),
+            stats: Cell::new(CommitStats::default()),
+            closing: Cell::new(false),
+            task: RefCell::new(None),
+        });
+        let runner = committer.clone();
+        let task = glommio::spawn_local(async move { runner.run().await }).detach();
+        *committer.task.borrow_mut() = Some(task);
+        committer
+    }
+
+    pub fn config(&self) -> &CommitConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> CommitStats {
+        self.stats.get()
+    }
+
+    /// Waits until `bytes` more may be pending on this core (backpressure).
+    pub(crate) async fn reserve(&self, bytes: usize) {
+        // The semaphore is never closed while shards exist, so acquire cannot fail.
+        let _ = self.budget.acquire(bytes as u64).await;
+    }
+
+    /// Gives back a reservation that was not used.
+    pub(crate) fn release(&self, bytes: usize) {
+        self.budget.signal(bytes as u64);
+    }
+
+    /// Puts `shard` on the list for the next commit, with `bytes` more pending.
+    pub(crate) fn enqueue(&self, shard: &Rc<ShardLog>, bytes: usize) {
+        if !shard.queued.replace(true) {
+            self.queue.borrow_mut().push(shard.clone());
+        }
+        let queued = self.queued_bytes.get() + bytes;
+        self.queued_bytes.set(queued);
+        self.work.raise();
+        if queued >= self.config.commit_bytes {
+            self.full.raise();
+        }
+    }
+
+    /// Commits everything pending, then stops the committer's task.
+    pub async fn shutdown(&self) {
+        self.closing.set(true);
+        self.work.raise();
+        let task = self.task.borrow_mut().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    async fn run(self: Rc<Self>) {
+        loop {
+            self.work.wait().await;
+            if self.queue.borrow().is_empty() {
+                if self.closing.get() {
+                    return;
+                }
+                continue;
+            }
+            if !self.closing.get() {
+                self.wait_for_window().await;
+            }
+            self.commit_round().await;
+            // More may have queued while we wrote; look again without waiting for a signal.
+            if !self.queue.borrow().is_empty() || self.closing.get() {
+                self.work.raise();
+            }
+        }
+    }
+
+    async fn wait_for_window(&self) {
+        let window = Duration::from_micros(self.config.window_us);
+        let Some(last) = self.last_start.get() else {
+            return;
+        };
+        let since = last.elapsed();
+        if since >= window || self.queued_bytes.get() >= self.config.commit_bytes {
+            return;
+        }
+        self.full.clear();
+        let timer = glommio::timer::sleep(window - since);
+        futures_lite::future::or(timer, self.full.wait()).await;
+    }
+
+    async fn commit_round(&self) {
+        let shards = std::mem::take(&mut *self.queue.borrow_mut());
+        for shard in &shards {
+            shard.queued.set(false);
+        }
+        self.queued_bytes.set(0);
+        self.last_start.set(Some(Instant::now()));
+        let sync = !self.config.ack_before_sync;
+        let results = join_all(shards.iter().map(|shard| shard.commit(sync))).await;
+        let mut stats = self.stats.get();
+        stats.commits += 1;
+        for (taken_bytes, result) in results {
+            match result {
+                Ok(done) => {
+                    stats.batches += done.batches;
+                    stats.bytes += done.bytes;
+                    stats.fsyncs += done.fsyncs;
+                }
+                Err(_) => stats.failures += 1,
+            }
+            // Whether written or failed, these bytes no longer wait on this core.
+            self.budget.signal(taken_bytes as u64);
+        }
+        self.stats.set(stats);
+    }
+}
+
+/// A level-triggered wake-up for one waiting task on the same core.
+#[derive(Default)]
+struct Signal {
+    raised: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn clear(&self) {
+        self.raised.set(false);
+    }
+
+    /// Resolves once raised, and lowers the signal.
+    async fn wait(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.raised.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}

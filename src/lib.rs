@@ -1,0 +1,23 @@
+//! spate: a stream ingestion server with the data model of Kinesis Data Streams, run
+//! thread-per-core on io_uring.
+//!
+//! A record's way from socket to disk, one module per step:
+//!
+//! ```text
+//! client ──TCP──▶ net        per-core listener, connection loop          (to come)
+//!   ▶ protocol    binary frames / Kinesis JSON                           (to come)
+//!   ▶ route       partition key → hash key → shard → owner core          (to come)
+//!   ▶ log         owner core encodes the batch, assigns sequence numbers  src/log/
+//!   ▶ commit      group commit: one write + fdatasync per touched file   src/commit/
+//!   ▶ ack         appends resolve once their bytes are durable           src/commit/
+//! ```
+//!
+//! * [`limits`] — every hard bound, with its reason.
+//! * [`log`] — the shard log: batches, segments, indexes, reads, retention, recovery.
+//! * [`commit`] — the per-core group committer.
+//! * [`runtime`] — starting glommio executors within the machine's memlock limit.
+
+pub mod commit;
+pub mod limits;
+pub mod log;
+pub mod runtime;

@@ -1,0 +1,86 @@
+//! Every hard bound in spate, named, with its unit and the reason for its value.
+//!
+//! A limit is checked before anything is buffered or appended, so a request that breaks one
+//! changes nothing. Relationships between limits are stated as compile-time checks at the
+//! bottom of this file.
+
+/// Largest record payload (the Kinesis `Data` blob after base64 decoding), in bytes.
+/// Source: the Kinesis default record size quota of 1 MiB.
+pub const RECORD_DATA_BYTES_MAX: usize = 1024 * 1024;
+
+/// Fewest Unicode characters in a partition key. Source: Kinesis (`PartitionKey` 1..256).
+pub const PARTITION_KEY_CHARS_MIN: usize = 1;
+
+/// Most Unicode characters in a partition key. Source: Kinesis (`PartitionKey` 1..256).
+pub const PARTITION_KEY_CHARS_MAX: usize = 256;
+
+/// Most bytes a partition key can take in UTF-8: 256 characters of at most 4 bytes each.
+pub const PARTITION_KEY_BYTES_MAX: usize = PARTITION_KEY_CHARS_MAX * 4;
+
+/// Most records in one put batch. Source: Kinesis `PutRecords` (500 records per call);
+/// the binary protocol keeps the same bound so both front ends share one append path.
+pub const BATCH_RECORDS_MAX: usize = 500;
+
+/// Most bytes of payload plus partition keys in one put batch. Source: Kinesis
+/// `PutRecords` (5 MiB per call, keys included).
+pub const BATCH_BYTES_MAX: usize = 5 * 1024 * 1024;
+
+/// Smallest segment file we roll at, in bytes: one maximal encoded batch must always fit
+/// into an empty segment, or an append could never be placed.
+pub const SEGMENT_BYTES_MIN: u64 = 8 * 1024 * 1024;
+
+/// Default segment size, in bytes. Source: our own; large enough that rolling is rare,
+/// small enough that retention frees space in useful steps.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// Largest segment file, in bytes: batch positions inside a segment are stored as `u32`.
+pub const SEGMENT_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Default retention, in hours. Source: Kinesis (24 h by default).
+pub const RETENTION_HOURS_DEFAULT: u32 = 24;
+
+/// Shortest retention, in hours. Source: Kinesis (24..8760).
+pub const RETENTION_HOURS_MIN: u32 = 24;
+
+/// Longest retention, in hours (one year). Source: Kinesis (24..8760).
+pub const RETENTION_HOURS_MAX: u32 = 8760;
+
+/// Default group-commit window, in microseconds: the longest an append waits for company
+/// before its commit starts, when the core committed recently. Source: our own; about one
+/// fdatasync on an ordinary SSD.
+pub const COMMIT_WINDOW_US_DEFAULT: u64 = 1_000;
+
+/// Default group-commit size trigger, in bytes: a commit starts at once when this much is
+/// pending on the core. Source: our own; a large sequential write without long stalls.
+pub const COMMIT_BYTES_DEFAULT: usize = 1024 * 1024;
+
+/// Default bound on bytes appended but not yet durable on one core. Appends beyond it wait
+/// (backpressure) instead of queueing without bound. Source: our own.
+pub const PENDING_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
+
+/// Default spacing of sparse index entries, in bytes of segment: one entry at least every
+/// this many bytes. Source: our own; a read starts at most this far before its target.
+pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 64 * 1024;
+
+/// Default per-shard budget for the in-memory tail that serves readers near the head.
+/// Source: our own; a few hundred milliseconds of a busy shard.
+pub const TAIL_CACHE_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
+
+/// Most records one read returns. Source: Kinesis `GetRecords` (`Limit` 1..10000).
+pub const READ_RECORDS_MAX: usize = 10_000;
+
+/// Most bytes one read returns. Source: Kinesis `GetRecords` (10 MiB per call).
+pub const READ_BYTES_MAX: usize = 10 * 1024 * 1024;
+
+/// Largest encoded batch the log ever writes: header, per-record headers and payload.
+pub const BATCH_ENCODED_BYTES_MAX: usize = crate::log::batch::HEADER_BYTES
+    + BATCH_RECORDS_MAX * crate::log::batch::RECORD_HEADER_BYTES
+    + BATCH_BYTES_MAX;
+
+const _: () = assert!(BATCH_ENCODED_BYTES_MAX as u64 <= SEGMENT_BYTES_MIN);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64 + 1);
+const _: () = assert!(RECORD_DATA_BYTES_MAX + PARTITION_KEY_BYTES_MAX <= BATCH_BYTES_MAX);
+const _: () = assert!(BATCH_ENCODED_BYTES_MAX <= PENDING_BYTES_MAX_DEFAULT);
+const _: () = assert!(BATCH_ENCODED_BYTES_MAX <= READ_BYTES_MAX);

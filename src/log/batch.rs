@@ -1,0 +1,546 @@
+//! The batch: the unit the log writes, checksums and recovers. Owns the byte layout of a
+//! batch and its records; does not know about files, segments or commits. Runs on the
+//! shard's owner core (encode on append, decode on read and recovery).
+//!
+//! # Byte layout (version 1), all integers little-endian
+//!
+//! ```text
+//! byte   0     1     2     3     4     5     6     7
+//!   0  | magic "SPTB" (0x42545053)| ver | flg | zero      |
+//!   8  | crc32c                   | length, whole batch   |
+//!  16  | first_seq                                        |
+//!  24  | record_count             | zero                  |
+//!  32  | arrival_first_us (unix microseconds)             |
+//!  40  | arrival_last_us  (unix microseconds)             |
+//!  48  | commit_id (per shard, increases by one a commit) |
+//!  56  | records ...
+//! ```
+//!
+//! Each record, back to back after the header, no padding:
+//!
+//! ```text
+//!   0  | data_len u32             | key_len u16 | zero u16|
+//!   8  | arrival_delta_us u32 (since arrival_first_us)    |
+//!  12  | partition key (key_len bytes, UTF-8) | data (data_len bytes)
+//! ```
+//!
+//! * `crc32c` (Castagnoli) covers bytes `0..8` and `12..length`: everything but itself, so
+//!   a flipped bit anywhere in a batch, header included, is caught.
+//! * `ver` is [`VERSION`]. `flg` bit 0 is [`FLAG_COMMIT_FIRST`]: this batch is the first
+//!   one the shard wrote in its commit. Other flag bits and every `zero` field must be
+//!   zero; a reader rejects anything else rather than guess at a newer format.
+//! * Record `i` has sequence number `first_seq + i`.
+//!
+//! # What a crash can leave, and how recovery tells it apart
+//!
+//! We assume that `fdatasync` is a barrier (what it covers survives power loss) and that a
+//! write in flight may tear at sector granularity, in any order. The committer writes one
+//! commit's batches for a shard as one contiguous region and starts the next commit only
+//! after the previous one's `fdatasync` returned; only the last commit's region can be
+//! damaged by a crash, and none of its batches were acknowledged. O_DIRECT writes whole
+//! blocks, so the file usually ends in zero padding after the last batch.
+//!
+//! Recovery reads batch after batch. A header of zeros is the clean end of the log. A batch
+//! that fails its checks at position `p` is a torn tail when nothing after it proves that
+//! an acknowledged commit lies past `p`; it is cut off. It is corruption in the middle when
+//! a valid batch after `p` carries a commit id more than one above the last good batch
+//! before `p`, or one above it with [`FLAG_COMMIT_FIRST`] set (then the damaged bytes belong
+//! to a commit that was synced before a later one was written). See
+//! [`crate::log::segment`] for the scan itself.
+//!
+//! # Version history
+//!
+//! * 1 — first version.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::limits::{
+    BATCH_BYTES_MAX, BATCH_ENCODED_BYTES_MAX, BATCH_RECORDS_MAX, PARTITION_KEY_BYTES_MAX,
+    PARTITION_KEY_CHARS_MAX, PARTITION_KEY_CHARS_MIN, RECORD_DATA_BYTES_MAX,
+};
+
+/// `"SPTB"` read as a little-endian `u32`.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"SPTB");
+/// The only format version this build reads and writes.
+pub const VERSION: u8 = 1;
+/// Flag bit: the first batch a shard wrote in its commit.
+pub const FLAG_COMMIT_FIRST: u8 = 0b0000_0001;
+const FLAGS_KNOWN: u8 = FLAG_COMMIT_FIRST;
+
+// Header field offsets, each derived from the one before it.
+const OFF_MAGIC: usize = 0;
+const OFF_VERSION: usize = OFF_MAGIC + 4;
+const OFF_FLAGS: usize = OFF_VERSION + 1;
+const OFF_ZERO_A: usize = OFF_FLAGS + 1;
+const OFF_CRC: usize = OFF_ZERO_A + 2;
+const OFF_LENGTH: usize = OFF_CRC + 4;
+const OFF_FIRST_SEQ: usize = OFF_LENGTH + 4;
+const OFF_RECORD_COUNT: usize = OFF_FIRST_SEQ + 8;
+const OFF_ZERO_B: usize = OFF_RECORD_COUNT + 4;
+const OFF_ARRIVAL_FIRST: usize = OFF_ZERO_B + 4;
+const OFF_ARRIVAL_LAST: usize = OFF_ARRIVAL_FIRST + 8;
+const OFF_COMMIT_ID: usize = OFF_ARRIVAL_LAST + 8;
+/// Bytes in a batch header.
+pub const HEADER_BYTES: usize = OFF_COMMIT_ID + 8;
+const _: () = assert!(HEADER_BYTES == 56);
+
+// Record header field offsets.
+const REC_OFF_DATA_LEN: usize = 0;
+const REC_OFF_KEY_LEN: usize = REC_OFF_DATA_LEN + 4;
+const REC_OFF_ZERO: usize = REC_OFF_KEY_LEN + 2;
+const REC_OFF_ARRIVAL_DELTA: usize = REC_OFF_ZERO + 2;
+/// Bytes in a record header.
+pub const RECORD_HEADER_BYTES: usize = REC_OFF_ARRIVAL_DELTA + 4;
+const _: () = assert!(RECORD_HEADER_BYTES == 12);
+const _: () = assert!(PARTITION_KEY_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(BATCH_ENCODED_BYTES_MAX <= u32::MAX as usize);
+
+/// One record handed to the log for appending.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordIn {
+    /// UTF-8 partition key, 1..=256 characters.
+    pub partition_key: Bytes,
+    /// Opaque payload, at most [`RECORD_DATA_BYTES_MAX`] bytes.
+    pub data: Bytes,
+    /// Server arrival time, unix microseconds.
+    pub arrival_us: u64,
+}
+
+/// One record read back from the log. `partition_key` and `data` are slices of the batch
+/// buffer they were read from; no copy is made per record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordOut {
+    pub seq: u64,
+    pub arrival_us: u64,
+    pub partition_key: Bytes,
+    pub data: Bytes,
+}
+
+/// A put that breaks a limit. Checked before anything is encoded or appended.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum LimitError {
+    #[error("batch is empty; a put needs at least one record")]
+    EmptyBatch,
+    #[error("batch has {count} records; at most {max} are allowed")]
+    TooManyRecords { count: usize, max: usize },
+    #[error("batch carries {bytes} bytes of keys and data; at most {max} are allowed")]
+    BatchTooLarge { bytes: usize, max: usize },
+    #[error("record {index} has {bytes} bytes of data; at most {max} are allowed")]
+    RecordTooLarge { index: usize, bytes: usize, max: usize },
+    #[error("record {index} has a partition key of {chars} characters; 1..=256 are allowed")]
+    KeyLength { index: usize, chars: usize },
+    #[error("record {index} has a partition key that is not valid UTF-8")]
+    KeyNotUtf8 { index: usize },
+    #[error(
+        "record {index} arrived {delta_us} us after the batch's first record; at most {max} us"
+    )]
+    ArrivalSpread { index: usize, delta_us: u64, max: u64 },
+}
+
+/// What is wrong with bytes that should hold a batch.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("truncated batch: {needed} bytes needed, {present} present")]
+    Truncated { needed: usize, present: usize },
+    #[error("bad batch magic {found:#010x}")]
+    BadMagic { found: u32 },
+    #[error("unsupported batch version {found}; this build reads version {VERSION}")]
+    UnsupportedVersion { found: u8 },
+    #[error("unknown batch flags {found:#04x}")]
+    UnknownFlags { found: u8 },
+    #[error("reserved batch field at byte {offset} is not zero")]
+    ReservedNotZero { offset: usize },
+    #[error("batch length {length} is outside {HEADER_BYTES}..={BATCH_ENCODED_BYTES_MAX}")]
+    BadLength { length: u32 },
+    #[error("batch checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("batch record count {count} is outside 1..={BATCH_RECORDS_MAX}")]
+    BadRecordCount { count: u32 },
+    #[error("record {index} overruns its batch")]
+    RecordOverrun { index: u32 },
+    #[error("record {index} has a reserved field that is not zero")]
+    RecordReservedNotZero { index: u32 },
+    #[error("batch records end at byte {end}, but the batch is {length} bytes")]
+    TrailingBytes { end: usize, length: usize },
+    #[error("batch arrival range is inverted: first {first_us} > last {last_us}")]
+    ArrivalInverted { first_us: u64, last_us: u64 },
+}
+
+/// Sizes of a batch that passed [`validate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchShape {
+    pub records: usize,
+    pub encoded_bytes: usize,
+}
+
+/// Checks every limit of a put batch. Call before anything is appended.
+///
+/// # Errors
+/// The first limit the batch breaks, naming the record.
+pub fn validate(records: &[RecordIn]) -> Result<BatchShape, LimitError> {
+    if records.is_empty() {
+        return Err(LimitError::EmptyBatch);
+    }
+    if records.len() > BATCH_RECORDS_MAX {
+        return Err(LimitError::TooManyRecords {
+            count: records.len(),
+            max: BATCH_RECORDS_MAX,
+        });
+    }
+    let mut payload = 0usize;
+    let mut first = u64::MAX;
+    for (index, record) in records.iter().enumerate() {
+        validate_key(index, &record.partition_key)?;
+        if record.data.len() > RECORD_DATA_BYTES_MAX {
+            return Err(LimitError::RecordTooLarge {
+                index,
+                bytes: record.data.len(),
+                max: RECORD_DATA_BYTES_MAX,
+            });
+        }
+        payload += record.data.len() + record.partition_key.len();
+        first = first.min(record.arrival_us);
+    }
+    if payload > BATCH_BYTES_MAX {
+        return Err(LimitError::BatchTooLarge {
+            bytes: payload,
+            max: BATCH_BYTES_MAX,
+        });
+    }
+    for (index, record) in records.iter().enumerate() {
+        let delta_us = record.arrival_us - first;
+        if delta_us > u64::from(u32::MAX) {
+            return Err(LimitError::ArrivalSpread {
+                index,
+                delta_us,
+                max: u64::from(u32::MAX),
+            });
+        }
+    }
+    Ok(BatchShape {
+        records: records.len(),
+        encoded_bytes: HEADER_BYTES + records.len() * RECORD_HEADER_BYTES + payload,
+    })
+}
+
+/// Checks a partition key: 1..=256 Unicode characters of valid UTF-8.
+///
+/// # Errors
+/// [`LimitError::KeyNotUtf8`] or [`LimitError::KeyLength`], naming record `index`.
+pub fn validate_key(index: usize, key: &[u8]) -> Result<(), LimitError> {
+    if key.len() > PARTITION_KEY_BYTES_MAX {
+        return Err(LimitError::KeyLength {
+            index,
+            chars: key.len(),
+        });
+    }
+    let text = std::str::from_utf8(key).map_err(|_| LimitError::KeyNotUtf8 { index })?;
+    let chars = text.chars().count();
+    if !(PARTITION_KEY_CHARS_MIN..=PARTITION_KEY_CHARS_MAX).contains(&chars) {
+        return Err(LimitError::KeyLength { index, chars });
+    }
+    Ok(())
+}
+
+/// Encodes a validated batch onto `out` and returns the arrival range it wrote.
+///
+/// `shape` must come from [`validate`] of the same records; the caller has checked the
+/// limits, so every length fits its field. Arrival times are made non-decreasing: each
+/// record's is raised to the largest seen so far, starting from `arrival_floor_us` (the
+/// shard's newest), so time lookups can binary-search.
+pub fn encode(
+    out: &mut BytesMut,
+    shape: &BatchShape,
+    records: &[RecordIn],
+    position: BatchPosition,
+    arrival_floor_us: u64,
+) -> (u64, u64) {
+    debug_assert_eq!(shape.records, records.len());
+    debug_assert_eq!(position.flags & !FLAGS_KNOWN, 0);
+    let first_us = records
+        .first()
+        .map_or(arrival_floor_us, |r| r.arrival_us.max(arrival_floor_us));
+    let start = out.len();
+    out.reserve(shape.encoded_bytes);
+    out.put_u32_le(MAGIC);
+    out.put_u8(VERSION);
+    out.put_u8(position.flags);
+    out.put_u16_le(0);
+    out.put_u32_le(0); // crc, filled in below
+    out.put_u32_le(shape.encoded_bytes as u32);
+    out.put_u64_le(position.first_seq);
+    out.put_u32_le(shape.records as u32);
+    out.put_u32_le(0);
+    out.put_u64_le(first_us);
+    out.put_u64_le(0); // arrival_last_us, filled in below
+    out.put_u64_le(position.commit_id);
+    let mut last_us = first_us;
+    for record in records {
+        last_us = last_us.max(record.arrival_us);
+        out.put_u32_le(record.data.len() as u32);
+        out.put_u16_le(record.partition_key.len() as u16);
+        out.put_u16_le(0);
+        out.put_u32_le((last_us - first_us) as u32);
+        out.put_slice(&record.partition_key);
+        out.put_slice(&record.data);
+    }
+    let batch = &mut out[start..];
+    debug_assert_eq!(batch.len(), shape.encoded_bytes);
+    batch[OFF_ARRIVAL_LAST..OFF_ARRIVAL_LAST + 8].copy_from_slice(&last_us.to_le_bytes());
+    let crc = checksum(batch);
+    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    (first_us, last_us)
+}
+
+/// Where a batch goes: its first sequence number, the shard's commit it belongs to, and
+/// its flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchPosition {
+    pub first_seq: u64,
+    pub commit_id: u64,
+    pub flags: u8,
+}
+
+fn checksum(batch: &[u8]) -> u32 {
+    let head = crc32c::crc32c(&batch[..OFF_CRC]);
+    crc32c::crc32c_append(head, &batch[OFF_LENGTH..])
+}
+
+/// The fixed header of a batch, decoded and range-checked (but not checksummed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub flags: u8,
+    pub crc: u32,
+    pub length: u32,
+    pub first_seq: u64,
+    pub record_count: u32,
+    pub arrival_first_us: u64,
+    pub arrival_last_us: u64,
+    pub commit_id: u64,
+}
+
+impl BatchHeader {
+    /// One past the last sequence number in the batch.
+    pub fn next_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.record_count)
+    }
+
+    /// Whether this is the first batch its shard wrote in its commit.
+    pub fn is_commit_first(&self) -> bool {
+        self.flags & FLAG_COMMIT_FIRST != 0
+    }
+
+    /// Decodes the header at the start of `bytes`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] naming the first field that is out of range.
+    pub fn decode(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
+        let header = bytes.get(..HEADER_BYTES).ok_or(DecodeError::Truncated {
+            needed: HEADER_BYTES,
+            present: bytes.len(),
+        })?;
+        let magic = read_u32(header, OFF_MAGIC);
+        if magic != MAGIC {
+            return Err(DecodeError::BadMagic { found: magic });
+        }
+        let version = header[OFF_VERSION];
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion { found: version });
+        }
+        let flags = header[OFF_FLAGS];
+        if flags & !FLAGS_KNOWN != 0 {
+            return Err(DecodeError::UnknownFlags { found: flags });
+        }
+        if read_u16(header, OFF_ZERO_A) != 0 {
+            return Err(DecodeError::ReservedNotZero { offset: OFF_ZERO_A });
+        }
+        if read_u32(header, OFF_ZERO_B) != 0 {
+            return Err(DecodeError::ReservedNotZero { offset: OFF_ZERO_B });
+        }
+        let length = read_u32(header, OFF_LENGTH);
+        let length_ok = (HEADER_BYTES..=BATCH_ENCODED_BYTES_MAX).contains(&(length as usize));
+        if !length_ok {
+            return Err(DecodeError::BadLength { length });
+        }
+        let record_count = read_u32(header, OFF_RECORD_COUNT);
+        if record_count == 0 || record_count as usize > BATCH_RECORDS_MAX {
+            return Err(DecodeError::BadRecordCount {
+                count: record_count,
+            });
+        }
+        let arrival_first_us = read_u64(header, OFF_ARRIVAL_FIRST);
+        let arrival_last_us = read_u64(header, OFF_ARRIVAL_LAST);
+        if arrival_first_us > arrival_last_us {
+            return Err(DecodeError::ArrivalInverted {
+                first_us: arrival_first_us,
+                last_us: arrival_last_us,
+            });
+        }
+        Ok(BatchHeader {
+            flags,
+            crc: read_u32(header, OFF_CRC),
+            length,
+            first_seq: read_u64(header, OFF_FIRST_SEQ),
+            record_count,
+            arrival_first_us,
+            arrival_last_us,
+            commit_id: read_u64(header, OFF_COMMIT_ID),
+        })
+    }
+}
+
+/// Whether `bytes` starts with a header-sized run of zeros: the clean end of a segment that
+/// O_DIRECT padded to a whole block.
+pub fn is_zero_header(bytes: &[u8]) -> bool {
+    let probe = &bytes[..bytes.len().min(HEADER_BYTES)];
+    probe.iter().all(|&b| b == 0)
+}
+
+/// Decodes and verifies the batch at the start of `bytes`: header, length, checksum and
+/// every record's bounds. Returns the header; the batch occupies `..header.length`.
+///
+/// # Errors
+/// [`DecodeError`] for the first problem found.
+pub fn verify(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
+    let header = BatchHeader::decode(bytes)?;
+    let length = header.length as usize;
+    let batch = bytes.get(..length).ok_or(DecodeError::Truncated {
+        needed: length,
+        present: bytes.len(),
+    })?;
+    let computed = checksum(batch);
+    if computed != header.crc {
+        return Err(DecodeError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    let mut records = Records::new(header, batch);
+    for next in records.by_ref() {
+        next?;
+    }
+    if records.position != length {
+        return Err(DecodeError::TrailingBytes {
+            end: records.position,
+            length,
+        });
+    }
+    Ok(header)
+}
+
+/// Iterates over the records of one verified batch, yielding slices of `batch`.
+pub struct Records<'a> {
+    header: BatchHeader,
+    batch: &'a [u8],
+    index: u32,
+    position: usize,
+}
+
+impl<'a> Records<'a> {
+    /// `batch` holds exactly one batch whose header is `header`.
+    pub fn new(header: BatchHeader, batch: &'a [u8]) -> Records<'a> {
+        Records {
+            header,
+            batch,
+            index: 0,
+            position: HEADER_BYTES,
+        }
+    }
+}
+
+/// One record's place inside its batch buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordSpan {
+    pub seq: u64,
+    pub arrival_us: u64,
+    pub key: (usize, usize),
+    pub data: (usize, usize),
+}
+
+impl RecordSpan {
+    /// Materialises the record as slices of `batch`, the `Bytes` the span was decoded from.
+    pub fn to_record(&self, batch: &Bytes) -> RecordOut {
+        RecordOut {
+            seq: self.seq,
+            arrival_us: self.arrival_us,
+            partition_key: batch.slice(self.key.0..self.key.1),
+            data: batch.slice(self.data.0..self.data.1),
+        }
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<RecordSpan, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.header.record_count {
+            return None;
+        }
+        let index = self.index;
+        self.index += 1;
+        let overrun = DecodeError::RecordOverrun { index };
+        let Some(head) = self
+            .batch
+            .get(self.position..self.position + RECORD_HEADER_BYTES)
+        else {
+            self.index = self.header.record_count;
+            return Some(Err(overrun));
+        };
+        let data_len = read_u32(head, REC_OFF_DATA_LEN) as usize;
+        let key_len = read_u16(head, REC_OFF_KEY_LEN) as usize;
+        if read_u16(head, REC_OFF_ZERO) != 0 {
+            self.index = self.header.record_count;
+            return Some(Err(DecodeError::RecordReservedNotZero { index }));
+        }
+        let delta = u64::from(read_u32(head, REC_OFF_ARRIVAL_DELTA));
+        let key_start = self.position + RECORD_HEADER_BYTES;
+        let data_start = key_start + key_len;
+        let end = data_start + data_len;
+        if end > self.batch.len() {
+            self.index = self.header.record_count;
+            return Some(Err(overrun));
+        }
+        self.position = end;
+        Some(Ok(RecordSpan {
+            seq: self.header.first_seq + u64::from(index),
+            arrival_us: self.header.arrival_first_us.saturating_add(delta),
+            key: (key_start, data_start),
+            data: (data_start, end),
+        }))
+    }
+}
+
+fn read_u16(bytes: &[u8], at: usize) -> u16 {
+    let mut raw = [0u8; 2];
+    raw.copy_from_slice(&bytes[at..at + 2]);
+    u16::from_le_bytes(raw)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut raw = [0u8; 4];
+    raw.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(raw)
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(raw)
+}
+
+/// Byte ranges of the header fields, for tests that flip a bit in each one.
+pub const HEADER_FIELDS: [(&str, usize, usize); 12] = [
+    ("magic", OFF_MAGIC, 4),
+    ("version", OFF_VERSION, 1),
+    ("flags", OFF_FLAGS, 1),
+    ("zero_a", OFF_ZERO_A, 2),
+    ("crc", OFF_CRC, 4),
+    ("length", OFF_LENGTH, 4),
+    ("first_seq", OFF_FIRST_SEQ, 8),
+    ("record_count", OFF_RECORD_COUNT, 4),
+    ("zero_b", OFF_ZERO_B, 4),
+    ("arrival_first_us", OFF_ARRIVAL_FIRST, 8),
+    ("arrival_last_us", OFF_ARRIVAL_LAST, 8),
+    ("commit_id", OFF_COMMIT_ID, 8),
+];

@@ -1,0 +1,125 @@
+//! Starting glommio executors within what the machine allows. Owns the sizing of each
+//! executor's registered I/O memory against the process's memlock limit, and the error a
+//! person sees when io_uring or locked memory is unavailable. Runs on the thread that
+//! starts executors (main, or a test).
+
+use std::future::Future;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use thiserror::Error;
+
+/// io_uring ring depth per executor. glommio's default is 128; deeper rings let one core
+/// keep more segment writes and reads in flight.
+pub const RING_DEPTH: usize = 256;
+
+/// Most registered I/O memory we give one executor. Registered buffers only save a page
+/// pin per I/O; everything works without them, so we never take more than we can lock.
+pub const IO_MEMORY_MAX: usize = 8 * 1024 * 1024;
+
+/// What glommio needs at the least (its own floor for the memlock limit).
+pub const MEMLOCK_MIN: u64 = 512 * 1024;
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error(
+        "the memlock limit is {limit} bytes, below the {MEMLOCK_MIN} glommio needs for io_uring. \
+         Raise it: `ulimit -l unlimited` in the shell that starts spate, `LimitMEMLOCK=infinity` \
+         in a systemd unit, or `--ulimit memlock=-1` for a container"
+    )]
+    Memlock { limit: u64 },
+    #[error(
+        "could not start an io_uring executor: {reason}. spate needs Linux 5.8+ with io_uring \
+         allowed: check that /proc/sys/kernel/io_uring_disabled is 0 and, in a container, that \
+         the seccomp profile permits io_uring_setup, io_uring_enter and io_uring_register"
+    )]
+    Uring { reason: String },
+    #[error("executor {name} panicked")]
+    Panicked { name: String },
+}
+
+/// The soft memlock limit of this process, in bytes (`u64::MAX` when unlimited).
+pub fn memlock_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and reads nothing else.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    if rc != 0 {
+        return 0;
+    }
+    limit.rlim_cur
+}
+
+/// Raises the soft memlock limit to the hard one, when that is higher. Returns the limit
+/// now in force.
+pub fn raise_memlock() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
+        }
+    }
+    memlock_limit()
+}
+
+/// Registered I/O memory for each of `executors` executors that share the memlock limit,
+/// leaving a quarter of it for the rings themselves.
+pub fn io_memory_per_executor(executors: usize) -> usize {
+    let limit = memlock_limit();
+    let share = (limit / 4 * 3) / executors.max(1) as u64;
+    usize::try_from(share).unwrap_or(IO_MEMORY_MAX).min(IO_MEMORY_MAX)
+}
+
+/// Checks that the memlock limit lets glommio start at all.
+///
+/// # Errors
+/// [`RuntimeError::Memlock`] with the limit found and how to raise it.
+pub fn check_memlock() -> Result<(), RuntimeError> {
+    let limit = memlock_limit();
+    if limit < MEMLOCK_MIN {
+        return Err(RuntimeError::Memlock { limit });
+    }
+    Ok(())
+}
+
+/// A builder for one executor, sized to share the memlock limit with `executors` others.
+pub fn executor_builder(name: &str, cpu: Option<usize>, executors: usize) -> LocalExecutorBuilder {
+    let placement = match cpu {
+        Some(cpu) => Placement::Fixed(cpu),
+        None => Placement::Unbound,
+    };
+    LocalExecutorBuilder::new(placement)
+        .name(name)
+        .io_memory(io_memory_per_executor(executors))
+        .ring_depth(RING_DEPTH)
+}
+
+/// Runs `make()` to completion on a new unpinned executor thread and returns its output.
+/// Used by tools and tests that need one core's worth of io_uring.
+///
+/// # Errors
+/// [`RuntimeError`] when the executor cannot start or its task panics.
+pub fn run_on_executor<F, Fut, T>(name: &str, make: F) -> Result<T, RuntimeError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    check_memlock()?;
+    let handle = executor_builder(name, None, 2)
+        .spawn(make)
+        .map_err(|e| RuntimeError::Uring {
+            reason: e.to_string(),
+        })?;
+    handle.join().map_err(|_| RuntimeError::Panicked {
+        name: name.to_string(),
+    })
+}
