@@ -25,15 +25,17 @@ pub const BATCH_RECORDS_MAX: usize = 500;
 /// `PutRecords` (5 MiB per call, keys included).
 pub const BATCH_BYTES_MAX: usize = 5 * 1024 * 1024;
 
-/// Smallest segment file we roll at, in bytes: one maximal encoded batch must always fit
-/// into an empty segment, or an append could never be placed.
-pub const SEGMENT_BYTES_MIN: u64 = 8 * 1024 * 1024;
+/// Smallest segment size, in bytes (one block). A batch larger than the segment size is
+/// written alone into a segment of its own, so small sizes are legal; tests use them to
+/// roll segments every few batches.
+pub const SEGMENT_BYTES_MIN: u64 = 4096;
 
 /// Default segment size, in bytes. Source: our own; large enough that rolling is rare,
 /// small enough that retention frees space in useful steps.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 
-/// Largest segment file, in bytes: batch positions inside a segment are stored as `u32`.
+/// Largest segment size, in bytes: batch positions inside a segment are stored as `u32`,
+/// and a segment can exceed its size by at most one batch.
 pub const SEGMENT_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Default retention, in hours. Source: Kinesis (24 h by default).
@@ -77,10 +79,9 @@ pub const BATCH_ENCODED_BYTES_MAX: usize = crate::log::batch::HEADER_BYTES
     + BATCH_RECORDS_MAX * crate::log::batch::RECORD_HEADER_BYTES
     + BATCH_BYTES_MAX;
 
-const _: () = assert!(BATCH_ENCODED_BYTES_MAX as u64 <= SEGMENT_BYTES_MIN);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
-const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64 + 1);
+const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_ENCODED_BYTES_MAX as u64 <= u32::MAX as u64);
 const _: () = assert!(RECORD_DATA_BYTES_MAX + PARTITION_KEY_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(BATCH_ENCODED_BYTES_MAX <= PENDING_BYTES_MAX_DEFAULT);
 const _: () = assert!(BATCH_ENCODED_BYTES_MAX <= READ_BYTES_MAX);

@@ -544,3 +544,163 @@ pub const HEADER_FIELDS: [(&str, usize, usize); 12] = [
     ("arrival_last_us", OFF_ARRIVAL_LAST, 8),
     ("commit_id", OFF_COMMIT_ID, 8),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(key: &str, data: &[u8], arrival_us: u64) -> RecordIn {
+        RecordIn {
+            partition_key: Bytes::copy_from_slice(key.as_bytes()),
+            data: Bytes::copy_from_slice(data),
+            arrival_us,
+        }
+    }
+
+    fn encoded(records: &[RecordIn], first_seq: u64) -> Bytes {
+        let shape = validate(records).expect("valid batch");
+        let mut out = BytesMut::new();
+        let position = BatchPosition {
+            first_seq,
+            commit_id: 7,
+            flags: FLAG_COMMIT_FIRST,
+        };
+        encode(&mut out, &shape, records, position, 0);
+        out.freeze()
+    }
+
+    fn sample() -> Bytes {
+        encoded(
+            &[
+                record("alpha", b"one", 1_000),
+                record("β-key", b"", 1_500),
+                record("c", &[0u8; 300], 1_200),
+            ],
+            42,
+        )
+    }
+
+    fn arb_record() -> impl Strategy<Value = RecordIn> {
+        (
+            "[a-zA-Z0-9ß😀]{1,40}",
+            proptest::collection::vec(any::<u8>(), 0..600),
+            0u64..1_000_000,
+        )
+            .prop_map(|(key, data, arrival)| record(&key, &data, 1_700_000_000_000_000 + arrival))
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_batches_decode_to_the_same_records(
+            records in proptest::collection::vec(arb_record(), 1..40),
+            first_seq in 0u64..u64::MAX / 2,
+            floor in 0u64..1_700_000_000_500_000,
+        ) {
+            let shape = validate(&records).unwrap();
+            let mut out = BytesMut::new();
+            let position = BatchPosition { first_seq, commit_id: 3, flags: 0 };
+            let (first_us, last_us) = encode(&mut out, &shape, &records, position, floor);
+            let bytes = out.freeze();
+            prop_assert_eq!(bytes.len(), shape.encoded_bytes);
+            let header = verify(&bytes).unwrap();
+            prop_assert_eq!(header.first_seq, first_seq);
+            prop_assert_eq!(header.record_count as usize, records.len());
+            prop_assert_eq!((header.arrival_first_us, header.arrival_last_us), (first_us, last_us));
+            let mut running = floor;
+            for (i, span) in Records::new(header, &bytes).enumerate() {
+                let out = span.unwrap().to_record(&bytes);
+                running = running.max(records[i].arrival_us);
+                prop_assert_eq!(out.seq, first_seq + i as u64);
+                prop_assert_eq!(&out.partition_key, &records[i].partition_key);
+                prop_assert_eq!(&out.data, &records[i].data);
+                prop_assert_eq!(out.arrival_us, running);
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_at_every_byte_is_a_typed_error() {
+        let bytes = sample();
+        for len in 0..bytes.len() {
+            match verify(&bytes[..len]) {
+                Err(DecodeError::Truncated { needed, present }) => {
+                    assert_eq!(present, len);
+                    assert!(needed > len);
+                }
+                other => panic!("truncated to {len}: expected Truncated, got {other:?}"),
+            }
+        }
+        assert!(verify(&bytes).is_ok());
+    }
+
+    #[test]
+    fn a_flipped_bit_in_every_header_field_is_a_typed_error() {
+        let bytes = sample();
+        for (field, offset, width) in HEADER_FIELDS {
+            for bit in 0..width * 8 {
+                let mut damaged = bytes.to_vec();
+                damaged[offset + bit / 8] ^= 1 << (bit % 8);
+                let result = verify(&damaged);
+                assert!(result.is_err(), "flip of bit {bit} in {field} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_in_the_records_fails_the_checksum() {
+        let bytes = sample();
+        for at in HEADER_BYTES..bytes.len() {
+            let mut damaged = bytes.to_vec();
+            damaged[at] ^= 0x10;
+            assert!(
+                matches!(verify(&damaged), Err(DecodeError::CrcMismatch { .. })),
+                "flip at byte {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_are_checked_before_encoding() {
+        assert_eq!(validate(&[]), Err(LimitError::EmptyBatch));
+        let big = vec![0u8; RECORD_DATA_BYTES_MAX + 1];
+        assert!(matches!(
+            validate(&[record("k", &big, 0)]),
+            Err(LimitError::RecordTooLarge { index: 0, .. })
+        ));
+        assert!(matches!(
+            validate(&[record("k", b"x", 0), record("", b"x", 0)]),
+            Err(LimitError::KeyLength { index: 1, chars: 0 })
+        ));
+        let long_key = "é".repeat(PARTITION_KEY_CHARS_MAX + 1);
+        assert!(matches!(
+            validate(&[record(&long_key, b"x", 0)]),
+            Err(LimitError::KeyLength { chars: 257, .. })
+        ));
+        let widest_key = "😀".repeat(PARTITION_KEY_CHARS_MAX);
+        assert!(validate(&[record(&widest_key, b"x", 0)]).is_ok());
+        let bad_utf8 = RecordIn {
+            partition_key: Bytes::from_static(&[0xff, 0xfe]),
+            data: Bytes::new(),
+            arrival_us: 0,
+        };
+        assert_eq!(validate(&[bad_utf8]), Err(LimitError::KeyNotUtf8 { index: 0 }));
+        let many: Vec<RecordIn> = (0..=BATCH_RECORDS_MAX).map(|_| record("k", b"", 0)).collect();
+        assert!(matches!(validate(&many), Err(LimitError::TooManyRecords { .. })));
+        let chunk = vec![0u8; RECORD_DATA_BYTES_MAX];
+        let heavy: Vec<RecordIn> = (0..6).map(|_| record("k", &chunk, 0)).collect();
+        assert!(matches!(validate(&heavy), Err(LimitError::BatchTooLarge { .. })));
+        let spread = [record("k", b"", 0), record("k", b"", u64::from(u32::MAX) + 1)];
+        assert!(matches!(
+            validate(&spread),
+            Err(LimitError::ArrivalSpread { index: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn zero_padding_is_recognised_as_the_end() {
+        assert!(is_zero_header(&[0u8; 4096]));
+        assert!(is_zero_header(&[0u8; 10]));
+        assert!(!is_zero_header(&sample()));
+    }
+}

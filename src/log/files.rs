@@ -44,11 +44,42 @@ pub fn align_up(value: u64) -> u64 {
     align_down(value + BLOCK_BYTES - 1)
 }
 
+thread_local! {
+    /// Devices whose io_uring polling support this executor thread has already probed.
+    static PROBED_DEVICES: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Makes glommio decide correctly whether reads on `dir`'s device can use the polled ring.
+///
+/// glommio 0.9 probes polling support with a read at offset 0 of the first file this
+/// thread opens on a device, and caches the answer per thread. When that file is empty the
+/// read succeeds without reaching the device, glommio concludes "pollable", and every later
+/// read on a device without poll queues (virtio, most cloud disks) fails with EOPNOTSUPP.
+/// We open a one-block probe file with real data first, once per device per thread.
+///
+/// # Errors
+/// [`IoError`] when the probe file cannot be written or opened.
+pub async fn probe_device(dir: &Path) -> Result<(), IoError> {
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::metadata(dir).map_err(io_err("stat", dir))?.dev();
+    if PROBED_DEVICES.with(|p| p.borrow().contains(&device)) {
+        return Ok(());
+    }
+    let probe = dir.join(".spate-device-probe");
+    std::fs::write(&probe, [0xa5u8; BLOCK_BYTES as usize]).map_err(io_err("write", &probe))?;
+    let opened = DmaFile::open(&probe).await.map_err(io_err("open", &probe));
+    let _ = std::fs::remove_file(&probe);
+    let _ = opened?.close().await;
+    PROBED_DEVICES.with(|p| p.borrow_mut().push(device));
+    Ok(())
+}
+
 /// Opens an existing file for reading and writing with O_DIRECT.
 ///
 /// # Errors
 /// [`IoError`] naming the file.
 pub async fn open_rw(path: &Path) -> Result<DmaFile, IoError> {
+    probe_device(parent_of(path)).await?;
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -62,6 +93,7 @@ pub async fn open_rw(path: &Path) -> Result<DmaFile, IoError> {
 /// # Errors
 /// [`IoError`] naming the file.
 pub async fn create_rw(path: &Path) -> Result<DmaFile, IoError> {
+    probe_device(parent_of(path)).await?;
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -76,6 +108,7 @@ pub async fn create_rw(path: &Path) -> Result<DmaFile, IoError> {
 /// # Errors
 /// [`IoError`] naming the file.
 pub async fn read_whole(path: &Path) -> Result<Vec<u8>, IoError> {
+    probe_device(parent_of(path)).await?;
     let file = DmaFile::open(path).await.map_err(io_err("open", path))?;
     let result = read_whole_file(&file, path).await;
     let _ = file.close().await;
@@ -113,7 +146,8 @@ pub async fn read_whole_file(file: &DmaFile, path: &Path) -> Result<Vec<u8>, IoE
 /// # Errors
 /// [`IoError`] naming the step and file that failed.
 pub async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_of(path);
+    probe_device(dir).await?;
     let mut temp = path.as_os_str().to_owned();
     temp.push(".tmp");
     let temp = PathBuf::from(temp);
@@ -134,6 +168,13 @@ pub async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     file.close().await.map_err(io_err("close", &temp))?;
     std::fs::rename(&temp, path).map_err(io_err("rename", path))?;
     sync_dir(dir).await
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }
 
 /// Makes a directory's entries (created, renamed, removed files) durable.

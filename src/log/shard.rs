@@ -598,7 +598,9 @@ impl ShardLog {
             let state = self.state.borrow();
             out.tip_seq = state.durable_next_seq;
             out.tip_arrival_us = state.durable_arrival_us;
-            from_seq.max(state.trim_horizon())
+            // A position past the tip reads from the tip: nothing is skipped when the
+            // records before it arrive.
+            from_seq.clamp(state.trim_horizon(), out.tip_seq.max(state.trim_horizon()))
         };
         while seq < out.tip_seq && budget.has_room() {
             let from_memory = {

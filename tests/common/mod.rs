@@ -1,0 +1,116 @@
+//! Helpers shared by the integration tests: running on a glommio executor, a seeded random
+//! generator that prints its seed, and deterministic record contents.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use spate::commit::{CommitConfig, Committer};
+use spate::log::{LogConfig, RecordIn, ShardLog};
+
+/// Runs a test body on its own glommio executor thread.
+pub fn run<F, Fut, T>(make: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    spate::runtime::run_on_executor("test", make).expect("test executor")
+}
+
+/// xorshift64*: small, fast, and replayable from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeds from `SPATE_SEED` when set, else from the clock; prints the seed either way so
+    /// a failure can be replayed with `SPATE_SEED=<seed>`.
+    pub fn from_env(test: &str) -> Rng {
+        let seed = std::env::var("SPATE_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{test}: seed {seed} (replay with SPATE_SEED={seed})");
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The payload of record `seq` in tests that check contents by regenerating them.
+pub fn payload(seq: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn record(key: &str, data: Vec<u8>, arrival_us: u64) -> RecordIn {
+    RecordIn {
+        partition_key: Bytes::copy_from_slice(key.as_bytes()),
+        data: Bytes::from(data),
+        arrival_us,
+    }
+}
+
+/// A log config with tiny segments and tail cache, so rolls and disk reads happen often.
+pub fn tiny_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 16 * 1024,
+        index_interval_bytes: 1024,
+        tail_cache_bytes: 8 * 1024,
+        ..LogConfig::default()
+    }
+}
+
+/// Opens a shard log with its own committer.
+pub async fn open(dir: &Path, config: LogConfig) -> (Rc<Committer>, Rc<ShardLog>) {
+    let committer = Committer::start(CommitConfig::default());
+    let log = ShardLog::open(dir, config, committer.clone())
+        .await
+        .expect("open shard log");
+    (committer, log)
+}
+
+/// Flushes and closes a shard log and its committer.
+pub async fn close(committer: Rc<Committer>, log: Rc<ShardLog>) {
+    committer.shutdown().await;
+    log.close().await;
+}
+
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// A temporary directory on the build's disk. /tmp may be tmpfs, where O_DIRECT reads
+/// fail, and the log must be tested on a real filesystem.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory")
+}
