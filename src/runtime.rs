@@ -60,8 +60,7 @@ pub fn raise_memlock() -> u64 {
     };
     // SAFETY: getrlimit/setrlimit read and write only the struct we own.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0
-            && limit.rlim_cur < limit.rlim_max
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
         {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
@@ -75,7 +74,9 @@ pub fn raise_memlock() -> u64 {
 pub fn io_memory_per_executor(executors: usize) -> usize {
     let limit = memlock_limit();
     let share = (limit / 4 * 3) / executors.max(1) as u64;
-    usize::try_from(share).unwrap_or(IO_MEMORY_MAX).min(IO_MEMORY_MAX)
+    usize::try_from(share)
+        .unwrap_or(IO_MEMORY_MAX)
+        .min(IO_MEMORY_MAX)
 }
 
 /// Checks that the memlock limit lets glommio start at all.

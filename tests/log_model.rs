@@ -36,7 +36,11 @@ fn random_batch(rng: &mut Rng, clock: &mut u64) -> Vec<RecordIn> {
 }
 
 fn apply(model: &mut Vec<ModelRecord>, floor: &mut u64, first_seq: u64, batch: &[RecordIn]) {
-    assert_eq!(first_seq as usize, model.len(), "sequence numbers must be dense");
+    assert_eq!(
+        first_seq as usize,
+        model.len(),
+        "sequence numbers must be dense"
+    );
     for r in batch {
         *floor = (*floor).max(r.arrival_us);
         model.push(ModelRecord {
@@ -67,8 +71,8 @@ fn shard_log_matches_an_in_memory_model() {
                     let batches: Vec<Vec<RecordIn>> = (0..2 + rng.below(4))
                         .map(|_| random_batch(&mut rng, &mut clock))
                         .collect();
-                    let acks = futures::future::join_all(batches.iter().map(|b| log.append(b)))
-                        .await;
+                    let acks =
+                        futures::future::join_all(batches.iter().map(|b| log.append(b))).await;
                     for (ack, batch) in acks.into_iter().zip(&batches) {
                         let ack = ack.expect("concurrent append");
                         apply(&mut model, &mut floor, ack.first_seq, batch);
@@ -81,7 +85,8 @@ fn shard_log_matches_an_in_memory_model() {
                     check_read(&log, &model, from, limit, budget, step).await;
                 }
                 80..=89 => {
-                    let at = 1_699_999_999_000_000 + rng.below(clock - 1_699_999_999_000_000 + 5_000);
+                    let at =
+                        1_699_999_999_000_000 + rng.below(clock - 1_699_999_999_000_000 + 5_000);
                     let found = log
                         .resolve(StartPosition::AtTimestamp(at))
                         .await
@@ -130,7 +135,10 @@ async fn check_read(
     let mut records = Vec::new();
     // A big read may stop at a segment or cache boundary; keep reading until done.
     loop {
-        let out = log.read(seq, limit - records.len(), budget).await.expect("read");
+        let out = log
+            .read(seq, limit - records.len(), budget)
+            .await
+            .expect("read");
         assert_eq!(out.tip_seq, model.len() as u64, "step {step}: tip");
         let got = out.records.len();
         records.extend(out.records);
@@ -142,16 +150,30 @@ async fn check_read(
     }
     let start = from.min(model.len() as u64) as usize;
     if start < model.len() {
-        assert!(!records.is_empty(), "step {step}: read at {from} returned nothing");
+        assert!(
+            !records.is_empty(),
+            "step {step}: read at {from} returned nothing"
+        );
     }
     assert!(records.len() <= limit, "step {step}: limit");
     for (i, got) in records.iter().enumerate() {
         let want = &model[start + i];
         let seq_want = (start + i) as u64;
         assert_eq!(got.seq, seq_want, "step {step}: sequence");
-        assert_eq!(got.partition_key.as_ref(), want.key.as_slice(), "step {step}: key");
-        assert_eq!(got.data.as_ref(), want.data.as_slice(), "step {step}: data at {seq_want}");
-        assert_eq!(got.arrival_us, want.arrival_us, "step {step}: arrival at {seq_want}");
+        assert_eq!(
+            got.partition_key.as_ref(),
+            want.key.as_slice(),
+            "step {step}: key"
+        );
+        assert_eq!(
+            got.data.as_ref(),
+            want.data.as_slice(),
+            "step {step}: data at {seq_want}"
+        );
+        assert_eq!(
+            got.arrival_us, want.arrival_us,
+            "step {step}: arrival at {seq_want}"
+        );
     }
     assert_eq!(seq, (start + records.len()) as u64, "step {step}: next_seq");
     if limit >= 10_000 {

@@ -127,7 +127,11 @@ pub enum LimitError {
     #[error("batch carries {bytes} bytes of keys and data; at most {max} are allowed")]
     BatchTooLarge { bytes: usize, max: usize },
     #[error("record {index} has {bytes} bytes of data; at most {max} are allowed")]
-    RecordTooLarge { index: usize, bytes: usize, max: usize },
+    RecordTooLarge {
+        index: usize,
+        bytes: usize,
+        max: usize,
+    },
     #[error("record {index} has a partition key of {chars} characters; 1..=256 are allowed")]
     KeyLength { index: usize, chars: usize },
     #[error("record {index} has a partition key that is not valid UTF-8")]
@@ -135,7 +139,11 @@ pub enum LimitError {
     #[error(
         "record {index} arrived {delta_us} us after the batch's first record; at most {max} us"
     )]
-    ArrivalSpread { index: usize, delta_us: u64, max: u64 },
+    ArrivalSpread {
+        index: usize,
+        delta_us: u64,
+        max: u64,
+    },
 }
 
 /// What is wrong with bytes that should hold a batch.
@@ -642,7 +650,10 @@ mod tests {
                 let mut damaged = bytes.to_vec();
                 damaged[offset + bit / 8] ^= 1 << (bit % 8);
                 let result = verify(&damaged);
-                assert!(result.is_err(), "flip of bit {bit} in {field} went unnoticed");
+                assert!(
+                    result.is_err(),
+                    "flip of bit {bit} in {field} went unnoticed"
+                );
             }
         }
     }
@@ -684,13 +695,27 @@ mod tests {
             data: Bytes::new(),
             arrival_us: 0,
         };
-        assert_eq!(validate(&[bad_utf8]), Err(LimitError::KeyNotUtf8 { index: 0 }));
-        let many: Vec<RecordIn> = (0..=BATCH_RECORDS_MAX).map(|_| record("k", b"", 0)).collect();
-        assert!(matches!(validate(&many), Err(LimitError::TooManyRecords { .. })));
+        assert_eq!(
+            validate(&[bad_utf8]),
+            Err(LimitError::KeyNotUtf8 { index: 0 })
+        );
+        let many: Vec<RecordIn> = (0..=BATCH_RECORDS_MAX)
+            .map(|_| record("k", b"", 0))
+            .collect();
+        assert!(matches!(
+            validate(&many),
+            Err(LimitError::TooManyRecords { .. })
+        ));
         let chunk = vec![0u8; RECORD_DATA_BYTES_MAX];
         let heavy: Vec<RecordIn> = (0..6).map(|_| record("k", &chunk, 0)).collect();
-        assert!(matches!(validate(&heavy), Err(LimitError::BatchTooLarge { .. })));
-        let spread = [record("k", b"", 0), record("k", b"", u64::from(u32::MAX) + 1)];
+        assert!(matches!(
+            validate(&heavy),
+            Err(LimitError::BatchTooLarge { .. })
+        ));
+        let spread = [
+            record("k", b"", 0),
+            record("k", b"", u64::from(u32::MAX) + 1),
+        ];
         assert!(matches!(
             validate(&spread),
             Err(LimitError::ArrivalSpread { index: 1, .. })

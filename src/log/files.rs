@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::io::{DmaFile, Directory, OpenOptions};
+use glommio::io::{Directory, DmaFile, OpenOptions};
 use thiserror::Error;
 
 /// An I/O failure, naming what we were doing and to which file. Cloneable so one failed
@@ -151,7 +151,9 @@ pub async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     let mut temp = path.as_os_str().to_owned();
     temp.push(".tmp");
     let temp = PathBuf::from(temp);
-    let file = DmaFile::create(&temp).await.map_err(io_err("create", &temp))?;
+    let file = DmaFile::create(&temp)
+        .await
+        .map_err(io_err("create", &temp))?;
     if !bytes.is_empty() {
         let mut buffer = file.alloc_dma_buffer(align_up(bytes.len() as u64) as usize);
         let target = buffer.as_bytes_mut();
@@ -182,7 +184,9 @@ fn parent_of(path: &Path) -> &Path {
 /// # Errors
 /// [`IoError`] naming the directory.
 pub async fn sync_dir(dir: &Path) -> Result<(), IoError> {
-    let handle = Directory::open(dir).await.map_err(io_err("open dir", dir))?;
+    let handle = Directory::open(dir)
+        .await
+        .map_err(io_err("open dir", dir))?;
     handle.sync().await.map_err(io_err("sync dir", dir))?;
     let _ = handle.close().await;
     Ok(())

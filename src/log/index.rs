@@ -103,9 +103,8 @@ impl SparseIndex {
 
     /// Encodes the index and the segment summary as an `.idx` file.
     pub fn encode(&self, summary: &SegmentSummary) -> Vec<u8> {
-        let mut out = BytesMut::with_capacity(
-            HEAD_BYTES + self.entries.len() * ENTRY_BYTES + CRC_BYTES,
-        );
+        let mut out =
+            BytesMut::with_capacity(HEAD_BYTES + self.entries.len() * ENTRY_BYTES + CRC_BYTES);
         out.put_u32_le(MAGIC);
         out.put_u8(VERSION);
         out.put_bytes(0, 3);

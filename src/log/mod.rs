@@ -16,4 +16,6 @@ pub mod segment;
 pub mod shard;
 
 pub use batch::{RecordIn, RecordOut};
-pub use shard::{AppendAck, AppendError, LogConfig, OpenError, ReadError, ReadOutcome, ShardLog, StartPosition};
+pub use shard::{
+    AppendAck, AppendError, LogConfig, OpenError, ReadError, ReadOutcome, ShardLog, StartPosition,
+};

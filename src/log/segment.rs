@@ -131,8 +131,7 @@ pub fn scan(
                     position: position as u64,
                     reason: reason.clone(),
                 };
-                if mode == ScanMode::Sealed || !is_torn_tail(bytes, position, out.last_commit_id)
-                {
+                if mode == ScanMode::Sealed || !is_torn_tail(bytes, position, out.last_commit_id) {
                     return Err(corruption);
                 }
                 out.torn = Some(TornTail {
@@ -203,5 +202,7 @@ fn valid_batches_after(bytes: &[u8], from: usize) -> impl Iterator<Item = BatchH
 }
 
 fn non_zero_span(rest: &[u8]) -> u64 {
-    rest.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1)
+    rest.iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
 }

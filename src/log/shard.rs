@@ -92,7 +92,10 @@ pub enum OpenError {
     #[error(transparent)]
     Io(#[from] IoError),
     #[error("{path}: {corruption}")]
-    Corruption { path: PathBuf, corruption: Corruption },
+    Corruption {
+        path: PathBuf,
+        corruption: Corruption,
+    },
     #[error("{path}: segment starts at sequence {found}, but the one before ends at {expected}")]
     Gap {
         path: PathBuf,
@@ -611,7 +614,10 @@ impl ShardLog {
             };
             let next = match from_memory {
                 Some(next) => next,
-                None => self.read_disk(seq, out.tip_seq, &mut budget, &mut out.records).await?,
+                None => {
+                    self.read_disk(seq, out.tip_seq, &mut budget, &mut out.records)
+                        .await?
+                }
             };
             if next == seq {
                 break;
@@ -671,7 +677,11 @@ impl ShardLog {
         };
         let Some((file, end)) = known else {
             // Retention removed it between lookup and open; nothing there to read.
-            return Err(ReadError::Io(IoError::new("find segment", &path, "deleted")));
+            return Err(ReadError::Io(IoError::new(
+                "find segment",
+                &path,
+                "deleted",
+            )));
         };
         let file = match file {
             Some(file) => file,
@@ -719,7 +729,11 @@ impl ShardLog {
                     .sealed
                     .front()
                     .is_some_and(|s| s.summary.arrival_last_us < cutoff);
-                if is_expired { state.sealed.pop_front() } else { None }
+                if is_expired {
+                    state.sealed.pop_front()
+                } else {
+                    None
+                }
             };
             let Some(segment) = expired else { break };
             let log_path = self.dir.join(segment::log_file_name(segment.first_seq));
@@ -777,8 +791,11 @@ impl ShardLog {
     pub async fn close(&self) {
         let files: Vec<Rc<DmaFile>> = {
             let mut state = self.state.borrow_mut();
-            let mut files: Vec<Rc<DmaFile>> =
-                state.sealed.iter_mut().filter_map(|s| s.file.take()).collect();
+            let mut files: Vec<Rc<DmaFile>> = state
+                .sealed
+                .iter_mut()
+                .filter_map(|s| s.file.take())
+                .collect();
             files.push(state.active.file.clone());
             files
         };
@@ -939,7 +956,10 @@ impl State {
     /// The segment holding `seq` and the index position to start reading it from.
     fn segment_for_seq(&self, seq: u64) -> Option<(u64, u32)> {
         if seq >= self.active.first_seq {
-            return Some((self.active.first_seq, self.active.index.position_for_seq(seq)));
+            return Some((
+                self.active.first_seq,
+                self.active.index.position_for_seq(seq),
+            ));
         }
         let after = self.sealed.partition_point(|s| s.first_seq <= seq);
         let sealed = self.sealed.get(after.checked_sub(1)?)?;
@@ -1051,7 +1071,9 @@ fn check_config(config: &LogConfig) -> Result<(), OpenError> {
         )));
     }
     if config.index_interval_bytes == 0 {
-        return Err(OpenError::Config("index_interval_bytes must be above 0".into()));
+        return Err(OpenError::Config(
+            "index_interval_bytes must be above 0".into(),
+        ));
     }
     let retention = crate::limits::RETENTION_HOURS_MIN..=crate::limits::RETENTION_HOURS_MAX;
     if !retention.contains(&config.retention_hours) {
@@ -1115,11 +1137,16 @@ async fn load_sealed(dir: &Path, first_seq: u64, config: &LogConfig) -> Result<S
     }
     tracing::info!(path = %log_path.display(), "segment index missing or damaged; rebuilding");
     let bytes = files::read_whole(&log_path).await?;
-    let scan = segment::scan(&bytes, first_seq, ScanMode::Sealed, config.index_interval_bytes)
-        .map_err(|corruption| OpenError::Corruption {
-            path: log_path.clone(),
-            corruption,
-        })?;
+    let scan = segment::scan(
+        &bytes,
+        first_seq,
+        ScanMode::Sealed,
+        config.index_interval_bytes,
+    )
+    .map_err(|corruption| OpenError::Corruption {
+        path: log_path.clone(),
+        corruption,
+    })?;
     let summary = SegmentSummary {
         bytes: scan.valid_bytes as u32,
         next_seq: scan.next_seq,
@@ -1153,11 +1180,16 @@ async fn recover_last(
         files::open_rw(&path).await?
     };
     let bytes = files::read_whole_file(&file, &path).await?;
-    let scan = segment::scan(&bytes, first_seq, ScanMode::Last, config.index_interval_bytes)
-        .map_err(|corruption| OpenError::Corruption {
-            path: path.clone(),
-            corruption,
-        })?;
+    let scan = segment::scan(
+        &bytes,
+        first_seq,
+        ScanMode::Last,
+        config.index_interval_bytes,
+    )
+    .map_err(|corruption| OpenError::Corruption {
+        path: path.clone(),
+        corruption,
+    })?;
     if let Some(torn) = &scan.torn {
         tracing::warn!(
             path = %path.display(),
