@@ -16,8 +16,10 @@
 //! * [`log`] — the shard log: batches, segments, indexes, reads, retention, recovery.
 //! * [`commit`] — the per-core group committer.
 //! * [`runtime`] — starting glommio executors within the machine's memlock limit.
+//! * [`tools`] — the log benchmark and the crash writer, which drive the log directly.
 
 pub mod commit;
 pub mod limits;
 pub mod log;
 pub mod runtime;
+pub mod tools;

@@ -121,7 +121,27 @@ impl Committer {
             task: RefCell::new(None),
         });
         let runner = committer.clone();
-        let task = glommio::spawn_local(async move { runner.run().await }).detach();
+        // The committer runs in a task queue of its own that declares latency matters: the
+        // scheduler then switches to it within about a commit window even while append
+        // tasks keep the default queue busy, so encoding and disk writes overlap instead of
+        // taking turns.
+        let latency = Duration::from_micros(committer.config.window_us.max(100));
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::default(),
+            glommio::Latency::Matters(latency),
+            "commit",
+        );
+        let future = async move { runner.run().await };
+        let task = match glommio::spawn_local_into(future, queue) {
+            Ok(task) => task,
+            // Only fails when the queue does not exist; it was created just above.
+            Err(error) => {
+                tracing::warn!(%error, "commit task queue unavailable; using the default queue");
+                let runner = committer.clone();
+                glommio::spawn_local(async move { runner.run().await })
+            }
+        }
+        .detach();
         *committer.task.borrow_mut() = Some(task);
         committer
     }

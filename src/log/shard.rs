@@ -171,6 +171,10 @@ struct Active {
     bytes: u64,
     /// The durable bytes of the last, partial block, rewritten in front of the next write.
     block_tail: Vec<u8>,
+    /// Bytes the file system has allocated (fallocate) for the file; the file reads as
+    /// zeros from `bytes` to here. Writes inside it do not extend the file, which ext4
+    /// and xfs serialise and journal on every sync.
+    allocated: u64,
     index: SparseIndex,
     arrival_last_us: u64,
 }
@@ -450,6 +454,7 @@ impl ShardLog {
             if end > start {
                 let run = &batches[start..end];
                 let path = self.active_path();
+                self.preallocate(&file, &path, bytes + run_bytes).await?;
                 let new_tail = write_run(&file, &path, bytes, &tail, run, sync).await?;
                 fsyncs += u64::from(sync);
                 self.apply_run(run, bytes, new_tail);
@@ -460,6 +465,27 @@ impl ShardLog {
             start = end;
         }
         Ok(fsyncs)
+    }
+
+    /// Grows the active file's allocation ahead of the writes, doubling each time (from
+    /// [`ALLOCATION_STEP_MIN_BYTES`] to [`ALLOCATION_STEP_MAX_BYTES`]), so an idle shard
+    /// holds little disk and a busy one rarely allocates.
+    async fn preallocate(&self, file: &DmaFile, path: &Path, needed: u64) -> Result<(), IoError> {
+        let allocated = self.state.borrow().active.allocated;
+        if needed <= allocated {
+            return Ok(());
+        }
+        let step = allocated.clamp(ALLOCATION_STEP_MIN_BYTES, ALLOCATION_STEP_MAX_BYTES);
+        let target = align_up(
+            needed
+                .max(allocated + step)
+                .min(needed.max(self.config.segment_bytes)),
+        );
+        file.pre_allocate(target, false)
+            .await
+            .map_err(io_err("fallocate", path))?;
+        self.state.borrow_mut().active.allocated = target;
+        Ok(())
     }
 
     fn apply_run(&self, run: &[Pending], start_bytes: u64, block_tail: Vec<u8>) {
@@ -905,8 +931,20 @@ async fn read_batches(
     Ok(out)
 }
 
+/// Smallest step by which an active segment's allocation grows.
+const ALLOCATION_STEP_MIN_BYTES: u64 = 1024 * 1024;
+/// Largest step by which an active segment's allocation grows.
+const ALLOCATION_STEP_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bytes per write request when a commit writes a long run: large enough for sequential
+/// bandwidth, small enough that several are in flight at once and the device works on them
+/// in parallel (as `fio --iodepth` would).
+const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(files::BLOCK_BYTES as usize));
+
 /// Writes one run of batches to a segment at its durable end, rewriting the partial last
-/// block in front of them (O_DIRECT writes whole blocks). Returns the new partial block.
+/// block in front of them (O_DIRECT writes whole blocks), in chunks issued together.
+/// Returns the new partial block.
 async fn write_run(
     file: &DmaFile,
     path: &Path,
@@ -918,27 +956,50 @@ async fn write_run(
     debug_assert_eq!(align_down(bytes) + block_tail.len() as u64, bytes);
     let run_bytes: usize = run.iter().map(|p| p.bytes.len()).sum();
     let total = block_tail.len() + run_bytes;
-    let mut buffer = file.alloc_dma_buffer(align_up(total as u64) as usize);
-    let target = buffer.as_bytes_mut();
-    target[..block_tail.len()].copy_from_slice(block_tail);
-    let mut at = block_tail.len();
-    for pending in run {
-        target[at..at + pending.bytes.len()].copy_from_slice(&pending.bytes);
-        at += pending.bytes.len();
+    let padded = align_up(total as u64) as usize;
+    let mut sources = std::iter::once(block_tail)
+        .chain(run.iter().map(|p| p.bytes.as_ref()))
+        .filter(|s| !s.is_empty());
+    let mut source: &[u8] = sources.next().unwrap_or(&[]);
+    let mut new_tail = Vec::new();
+    let mut writes = Vec::new();
+    let mut offset = 0usize;
+    while offset < padded {
+        let length = (padded - offset).min(WRITE_CHUNK_BYTES);
+        let mut buffer = file.alloc_dma_buffer(length);
+        let target = buffer.as_bytes_mut();
+        let mut at = 0;
+        while at < length && !source.is_empty() {
+            let n = source.len().min(length - at);
+            target[at..at + n].copy_from_slice(&source[..n]);
+            at += n;
+            source = &source[n..];
+            if source.is_empty() {
+                source = sources.next().unwrap_or(&[]);
+            }
+        }
+        target[at..].fill(0);
+        if offset + length >= total {
+            let tail_start = align_down(total as u64) as usize - offset;
+            new_tail = target[tail_start..total - offset].to_vec();
+        }
+        let position = align_down(bytes) + offset as u64;
+        writes.push(async move {
+            let written = file
+                .write_at(buffer, position)
+                .await
+                .map_err(io_err("write", path))?;
+            if written == length {
+                Ok(())
+            } else {
+                let message = format!("short write at {position}: {written} of {length} bytes");
+                Err(IoError::new("write", path, message))
+            }
+        });
+        offset += length;
     }
-    target[total..].fill(0);
-    let new_tail = target[align_down(total as u64) as usize..total].to_vec();
-    let length = target.len();
-    let written = file
-        .write_at(buffer, align_down(bytes))
-        .await
-        .map_err(io_err("write", path))?;
-    if written != length {
-        return Err(IoError::new(
-            "write",
-            path,
-            format!("short write: {written} of {length} bytes"),
-        ));
+    for result in futures::future::join_all(writes).await {
+        result?;
     }
     if sync {
         file.fdatasync().await.map_err(io_err("fdatasync", path))?;
@@ -987,6 +1048,7 @@ impl Active {
             file,
             bytes: 0,
             block_tail: Vec::new(),
+            allocated: 0,
             index: SparseIndex::new(interval),
             arrival_last_us: 0,
         }
@@ -1212,6 +1274,7 @@ async fn recover_last(
         file: Rc::new(file),
         bytes: scan.valid_bytes,
         block_tail: bytes[block_start..valid].to_vec(),
+        allocated: scan.valid_bytes,
         index: scan.index.clone(),
         arrival_last_us: scan.arrival_last_us,
     };
