@@ -661,25 +661,41 @@ impl ShardLog {
         budget: &mut ReadBudget,
         records: &mut Vec<RecordOut>,
     ) -> Result<u64, ReadError> {
-        let (first_seq, position) = {
+        let hit = {
             let state = self.state.borrow();
             match state.segment_for_seq(seq) {
                 Some(found) => found,
                 None => return Ok(seq),
             }
         };
-        let segment = self.segment_ref(first_seq).await?;
-        let offset = segment.start.max(u64::from(position));
-        let want = budget.bytes.saturating_add(64 * 1024).min(READ_BYTES_MAX);
-        let batches = read_batches(&segment, offset, want).await?;
+        let segment = self.segment_ref(hit.first_seq).await?;
+        let mut offset = segment.start.max(u64::from(hit.position));
+        // Read what the budget will take, judged by the segment's mean record size, plus
+        // the stretch between the index entry and the target: not the whole byte budget
+        // when a small record count is asked for.
+        let by_records = (budget.records as u64).saturating_mul(hit.record_bytes_mean);
+        let wanted =
+            by_records.min(budget.bytes as u64) + u64::from(self.config.index_interval_bytes);
+        let want = usize::try_from(wanted)
+            .unwrap_or(READ_BYTES_MAX)
+            .min(READ_BYTES_MAX);
         let mut next = seq;
-        for (header, bytes) in &batches {
-            if header.next_seq() <= next {
-                continue;
-            }
-            next = take_records(*header, bytes, next, tip, budget, records);
-            if !budget.has_room() {
+        // Batches between the index entry and the target can fill a read; go on until a
+        // record is taken or the segment ends.
+        while next == seq && offset < segment.end {
+            let batches = read_batches(&segment, offset, want).await?;
+            if batches.is_empty() {
                 break;
+            }
+            for (header, bytes) in &batches {
+                offset += u64::from(header.length);
+                if header.next_seq() <= next {
+                    continue;
+                }
+                next = take_records(*header, bytes, next, tip, budget, records);
+                if !budget.has_room() {
+                    break;
+                }
             }
         }
         Ok(next)
@@ -1015,16 +1031,23 @@ impl State {
     }
 
     /// The segment holding `seq` and the index position to start reading it from.
-    fn segment_for_seq(&self, seq: u64) -> Option<(u64, u32)> {
+    fn segment_for_seq(&self, seq: u64) -> Option<SegmentHit> {
         if seq >= self.active.first_seq {
-            return Some((
-                self.active.first_seq,
-                self.active.index.position_for_seq(seq),
-            ));
+            let active = &self.active;
+            return Some(SegmentHit {
+                first_seq: active.first_seq,
+                position: active.index.position_for_seq(seq),
+                record_bytes_mean: mean(active.bytes, self.durable_next_seq - active.first_seq),
+            });
         }
         let after = self.sealed.partition_point(|s| s.first_seq <= seq);
         let sealed = self.sealed.get(after.checked_sub(1)?)?;
-        Some((sealed.first_seq, sealed.index.position_for_seq(seq)))
+        let records = sealed.summary.next_seq - sealed.first_seq;
+        Some(SegmentHit {
+            first_seq: sealed.first_seq,
+            position: sealed.index.position_for_seq(seq),
+            record_bytes_mean: mean(u64::from(sealed.summary.bytes), records),
+        })
     }
 
     /// The first segment with a record that arrived at or after `at_us`, and the index
@@ -1039,6 +1062,19 @@ impl State {
         (active.bytes > 0 && active.arrival_last_us >= at_us)
             .then(|| (active.first_seq, active.index.position_for_arrival(at_us)))
     }
+}
+
+/// Where a read finds a sequence number on disk.
+struct SegmentHit {
+    first_seq: u64,
+    /// Byte position of the index entry at or before the sequence number.
+    position: u32,
+    /// Mean bytes a record takes in this segment, headers included.
+    record_bytes_mean: u64,
+}
+
+fn mean(bytes: u64, records: u64) -> u64 {
+    bytes.checked_div(records).unwrap_or(0).max(1)
 }
 
 impl Active {
