@@ -67,6 +67,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    spate::runtime::tune_allocator();
     let result = match cli.command {
         Command::LogBench {
             dir,
