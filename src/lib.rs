@@ -18,7 +18,9 @@
 //! * [`runtime`] — starting glommio executors within the machine's memlock limit.
 //! * [`tools`] — the log benchmark and the crash writer, which drive the log directly.
 
+pub mod catalog;
 pub mod commit;
+pub mod config;
 pub mod limits;
 pub mod log;
 pub mod runtime;

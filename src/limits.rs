@@ -85,3 +85,36 @@ const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_ENCODED_BYTES_MAX as u64 <= u32:
 const _: () = assert!(RECORD_DATA_BYTES_MAX + PARTITION_KEY_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(BATCH_ENCODED_BYTES_MAX <= PENDING_BYTES_MAX_DEFAULT);
 const _: () = assert!(BATCH_ENCODED_BYTES_MAX <= READ_BYTES_MAX);
+
+/// Largest binary protocol frame by default, in bytes: a maximal put batch (5 MiB of keys
+/// and data plus per-record framing) fits with room to spare. Source: our own.
+pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Smallest frame limit a config may set: one maximal put batch with its framing
+/// (stream name, 8 bytes and an optional 16-byte hash key per record).
+pub const FRAME_BYTES_MIN: usize = 16 + 2 + 128 + 2 + BATCH_BYTES_MAX + BATCH_RECORDS_MAX * (1 + 16 + 2 + 4);
+
+/// Default bound on requests one connection may have in flight. Source: our own; deep
+/// enough for pipelined producers, small enough that a connection holds little memory.
+pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 128;
+
+/// Default bound on connections per core. Source: our own.
+pub const CONNECTIONS_PER_CORE_MAX_DEFAULT: usize = 10_000;
+
+/// Default capacity of each core-to-core channel, in messages. Source: our own.
+pub const CORE_CHANNEL_MESSAGES_DEFAULT: usize = 1024;
+
+/// Most shards in one stream. Source: Kinesis (10,000 shards per UpdateShardCount target).
+pub const STREAM_SHARDS_MAX: u32 = 10_000;
+
+/// Most shards on the server. Source: the Kinesis default account shard limit (20,000).
+pub const SHARDS_MAX: u32 = 20_000;
+
+/// Stream name length bounds. Source: Kinesis (`StreamName` 1..128, `[a-zA-Z0-9_.-]+`).
+pub const STREAM_NAME_BYTES_MAX: usize = 128;
+
+/// Longest a read waits for new records before answering empty, in microseconds (the
+/// subscribe long-poll). Source: our own.
+pub const READ_WAIT_US_MAX: u64 = 5_000_000;
+
+const _: () = assert!(FRAME_BYTES_MIN <= FRAME_BYTES_MAX);
