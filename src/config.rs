@@ -154,13 +154,12 @@ impl Config {
         }
         if let Some(v) = log.index_interval {
             let bytes = parse_size("log.index_interval", &v)?;
-            config.log.index_interval_bytes = u32::try_from(bytes).map_err(|_| invalid(
-                "log.index_interval",
-                "must be below 4 GiB",
-            ))?;
+            config.log.index_interval_bytes = u32::try_from(bytes)
+                .map_err(|_| invalid("log.index_interval", "must be below 4 GiB"))?;
         }
         if let Some(v) = log.tail_cache {
-            config.log.tail_cache_bytes = to_usize("log.tail_cache", parse_size("log.tail_cache", &v)?)?;
+            config.log.tail_cache_bytes =
+                to_usize("log.tail_cache", parse_size("log.tail_cache", &v)?)?;
         }
         if let Some(v) = log.retention_hours {
             config.log.retention_hours = v;
@@ -184,7 +183,8 @@ impl Config {
             config.net.connections_per_core_max = v;
         }
         if let Some(v) = net.frame_max {
-            config.net.frame_bytes_max = to_usize("net.frame_max", parse_size("net.frame_max", &v)?)?;
+            config.net.frame_bytes_max =
+                to_usize("net.frame_max", parse_size("net.frame_max", &v)?)?;
         }
         if let Some(v) = net.requests_in_flight_max {
             config.net.requests_in_flight_max = v;
@@ -203,20 +203,30 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let segment = limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX;
         if !segment.contains(&self.log.segment_bytes) {
-            return Err(invalid("log.segment_size", format!(
-                "{} bytes is outside {} bytes ..= {} bytes",
-                self.log.segment_bytes, segment.start(), segment.end()
-            )));
+            return Err(invalid(
+                "log.segment_size",
+                format!(
+                    "{} bytes is outside {} bytes ..= {} bytes",
+                    self.log.segment_bytes,
+                    segment.start(),
+                    segment.end()
+                ),
+            ));
         }
         if self.log.index_interval_bytes == 0 {
             return Err(invalid("log.index_interval", "must be above 0"));
         }
         let retention = limits::RETENTION_HOURS_MIN..=limits::RETENTION_HOURS_MAX;
         if !retention.contains(&self.log.retention_hours) {
-            return Err(invalid("log.retention_hours", format!(
-                "{} is outside {}..={} hours",
-                self.log.retention_hours, retention.start(), retention.end()
-            )));
+            return Err(invalid(
+                "log.retention_hours",
+                format!(
+                    "{} is outside {}..={} hours",
+                    self.log.retention_hours,
+                    retention.start(),
+                    retention.end()
+                ),
+            ));
         }
         if self.commit.window_us > 1_000_000 {
             return Err(invalid("commit.window", "must be at most 1 s"));
@@ -225,19 +235,28 @@ impl Config {
             return Err(invalid("commit.size", "must be above 0"));
         }
         if self.commit.pending_bytes_max < limits::BATCH_ENCODED_BYTES_MAX {
-            return Err(invalid("commit.pending_max", format!(
-                "must hold at least one maximal batch ({} bytes)",
-                limits::BATCH_ENCODED_BYTES_MAX
-            )));
+            return Err(invalid(
+                "commit.pending_max",
+                format!(
+                    "must hold at least one maximal batch ({} bytes)",
+                    limits::BATCH_ENCODED_BYTES_MAX
+                ),
+            ));
         }
         if self.net.frame_bytes_max < limits::FRAME_BYTES_MIN {
-            return Err(invalid("net.frame_max", format!(
-                "must be at least {} bytes, to carry a maximal put batch",
-                limits::FRAME_BYTES_MIN
-            )));
+            return Err(invalid(
+                "net.frame_max",
+                format!(
+                    "must be at least {} bytes, to carry a maximal put batch",
+                    limits::FRAME_BYTES_MIN
+                ),
+            ));
         }
         if self.net.requests_in_flight_max == 0 || self.net.connections_per_core_max == 0 {
-            return Err(invalid("net", "connection and in-flight limits must be above 0"));
+            return Err(invalid(
+                "net",
+                "connection and in-flight limits must be above 0",
+            ));
         }
         if self.net.core_channel_messages == 0 {
             return Err(invalid("net.core_channel_messages", "must be above 0"));
@@ -262,9 +281,12 @@ fn to_usize(key: &'static str, value: u64) -> Result<usize, ConfigError> {
 /// # Errors
 /// [`ConfigError::Invalid`] naming `key`.
 pub fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.trim()
-        .parse()
-        .map_err(|_| invalid(key, format!("`{text}` is not an address like 127.0.0.1:4568")))
+    text.trim().parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{text}` is not an address like 127.0.0.1:4568"),
+        )
+    })
 }
 
 /// Parses a size such as `256 MiB`, `64KiB`, `4096` (bytes) or `1 GB`.
@@ -281,7 +303,12 @@ pub fn parse_size(key: &'static str, text: &str) -> Result<u64, ConfigError> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        _ => return Err(invalid(key, format!("unknown size unit in `{text}` (use B, KiB, MiB, GiB)"))),
+        _ => {
+            return Err(invalid(
+                key,
+                format!("unknown size unit in `{text}` (use B, KiB, MiB, GiB)"),
+            ));
+        }
     };
     let value: u64 = number
         .parse()
@@ -333,7 +360,10 @@ mod tests {
     fn errors_name_the_key_and_the_problem() {
         let error = Config::from_toml("[log]\nsegment_size = \"12 parsecs\"").unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("log.segment_size") && message.contains("unit"), "{message}");
+        assert!(
+            message.contains("log.segment_size") && message.contains("unit"),
+            "{message}"
+        );
         let error = Config::from_toml("[log]\nretention_hours = 2").unwrap_err();
         assert!(error.to_string().contains("log.retention_hours"), "{error}");
         let error = Config::from_toml("colour = \"blue\"").unwrap_err();

@@ -19,9 +19,14 @@
 //! * [`tools`] — the log benchmark and the crash writer, which drive the log directly.
 
 pub mod catalog;
+pub mod client;
 pub mod commit;
 pub mod config;
 pub mod limits;
 pub mod log;
+pub mod net;
+pub mod protocol;
+pub mod route;
 pub mod runtime;
+pub mod server;
 pub mod tools;

@@ -92,7 +92,8 @@ pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Smallest frame limit a config may set: one maximal put batch with its framing
 /// (stream name, 8 bytes and an optional 16-byte hash key per record).
-pub const FRAME_BYTES_MIN: usize = 16 + 2 + 128 + 2 + BATCH_BYTES_MAX + BATCH_RECORDS_MAX * (1 + 16 + 2 + 4);
+pub const FRAME_BYTES_MIN: usize =
+    16 + 2 + 128 + 2 + BATCH_BYTES_MAX + BATCH_RECORDS_MAX * (1 + 16 + 2 + 4);
 
 /// Default bound on requests one connection may have in flight. Source: our own; deep
 /// enough for pipelined producers, small enough that a connection holds little memory.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use spate::limits::SEGMENT_BYTES_DEFAULT;
-use spate::tools::{crash_writer, log_bench};
+use spate::tools::{cli, crash_writer, log_bench};
 
 /// spate — a stream ingestion server with the data model of Kinesis Data Streams.
 #[derive(Parser)]
@@ -17,6 +17,65 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server: data in ./data, binary protocol on 127.0.0.1:4568, every core.
+    ///
+    /// Runs on embedded defaults with no file at all; `--config` reads a file like
+    /// config/spate.toml (every key documented there), and the flags below override both.
+    /// Stops cleanly on Ctrl-C or SIGTERM.
+    Serve {
+        /// A TOML config file (see config/spate.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Folder for streams and the catalog.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address of the binary protocol listener, e.g. 127.0.0.1:4568 (port 0: any).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Cores to run on (0: every online core).
+        #[arg(long)]
+        cores: Option<usize>,
+    },
+    /// Create, list, describe or delete streams.
+    #[command(subcommand)]
+    Streams(StreamsCommand),
+    /// Put records read from stdin (or a file), one record per line.
+    Put {
+        /// The stream to put into.
+        stream: String,
+        /// Read lines from this file instead of stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Partition key of each record: `random`, `counter`, or `field:N` (the N-th
+        /// field of the line, from 1, split by --delimiter).
+        #[arg(long, default_value = "random")]
+        key: String,
+        /// Field delimiter for `--key field:N`.
+        #[arg(long, default_value = ",")]
+        delimiter: String,
+        /// Records per put request (at most 500).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print records of one shard or a whole stream, following new ones as they arrive.
+    Tail {
+        /// The stream to read.
+        stream: String,
+        /// Only this shard (its number, or shardId-000000000000); default every shard.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Where to start: `trim-horizon`, `latest`, `at:SEQ`, `after:SEQ` or
+        /// `timestamp:UNIX_MS`. SEQ is a sequence number as `put` prints it.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        /// Stop after this many records (default: follow until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Benchmark the shard log on one core: durable appends, then tail and disk reads.
     ///
     /// Appends fixed-size records in batches with many appends in flight, so group
@@ -58,6 +117,42 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum StreamsCommand {
+    /// Create a stream with N shards.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List every stream.
+    List {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Show a stream's shards: hash ranges, owner cores, oldest and next sequence numbers.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Delete a stream and every record in it.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct ServerArg {
+    /// The server's binary protocol address.
+    #[arg(long, env = "SPATE_SERVER", default_value = "127.0.0.1:4568")]
+    server: String,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -69,6 +164,41 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     spate::runtime::tune_allocator();
     let result = match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+            cores,
+        } => serve(config, data_dir, listen, cores),
+        Command::Streams(command) => cli::streams(command_args(command)),
+        Command::Put {
+            stream,
+            file,
+            key,
+            delimiter,
+            batch,
+            server,
+        } => cli::put(cli::PutArgs {
+            server: server.server,
+            stream,
+            file,
+            key,
+            delimiter,
+            batch,
+        }),
+        Command::Tail {
+            stream,
+            shard,
+            from,
+            count,
+            server,
+        } => cli::tail(cli::TailArgs {
+            server: server.server,
+            stream,
+            shard,
+            from,
+            count,
+        }),
         Command::LogBench {
             dir,
             record_bytes,
@@ -112,6 +242,55 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn command_args(command: StreamsCommand) -> cli::StreamsArgs {
+    match command {
+        StreamsCommand::Create {
+            name,
+            shards,
+            server,
+        } => cli::StreamsArgs::Create {
+            server: server.server,
+            name,
+            shards,
+        },
+        StreamsCommand::List { server } => cli::StreamsArgs::List {
+            server: server.server,
+        },
+        StreamsCommand::Describe { name, server } => cli::StreamsArgs::Describe {
+            server: server.server,
+            name,
+        },
+        StreamsCommand::Delete { name, server } => cli::StreamsArgs::Delete {
+            server: server.server,
+            name,
+        },
+    }
+}
+
+fn serve(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    cores: Option<usize>,
+) -> Result<(), String> {
+    let mut config = match config {
+        Some(path) => spate::config::Config::from_file(&path).map_err(|e| e.to_string())?,
+        None => spate::config::Config::default(),
+    };
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = listen {
+        config.binary_listen =
+            spate::config::parse_addr("--listen", &listen).map_err(|e| e.to_string())?;
+    }
+    if let Some(cores) = cores {
+        config.cores = cores;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    spate::server::serve(config).map_err(|e| e.to_string())
 }
 
 fn run_log_bench(options: log_bench::LogBenchOptions) -> Result<(), String> {

@@ -24,9 +24,7 @@ pub enum CatalogError {
     StreamExists(String),
     #[error("stream {0} not found")]
     StreamNotFound(String),
-    #[error(
-        "invalid stream name `{0}`: 1 to 128 characters, letters, digits, `_`, `.` and `-`"
-    )]
+    #[error("invalid stream name `{0}`: 1 to 128 characters, letters, digits, `_`, `.` and `-`")]
     InvalidName(String),
     #[error("shard count {count} is outside 1..={max}")]
     InvalidShardCount { count: u32, max: u32 },
@@ -113,7 +111,9 @@ pub struct StreamMeta {
 impl StreamMeta {
     /// The folder holding this stream's shard logs.
     pub fn dir(&self, data_dir: &Path) -> PathBuf {
-        data_dir.join("streams").join(format!("{}.{}", self.name, self.id))
+        data_dir
+            .join("streams")
+            .join(format!("{}.{}", self.name, self.id))
     }
 
     /// The folder holding one shard's log.
@@ -295,7 +295,11 @@ pub fn hash_ranges(n: u32) -> Vec<(u128, u128)> {
     (0..n)
         .map(|i| {
             let start = i * step;
-            let end = if i == n - 1 { u128::MAX } else { (i + 1) * step - 1 };
+            let end = if i == n - 1 {
+                u128::MAX
+            } else {
+                (i + 1) * step - 1
+            };
             (start, end)
         })
         .collect()
@@ -331,10 +335,7 @@ mod tests {
     fn hash_ranges_match_kinesis() {
         let two = hash_ranges(2);
         assert_eq!(two[0], (0, 170141183460469231731687303715884105727));
-        assert_eq!(
-            two[1],
-            (170141183460469231731687303715884105728, u128::MAX)
-        );
+        assert_eq!(two[1], (170141183460469231731687303715884105728, u128::MAX));
         assert_eq!(hash_ranges(3)[0].1, 113427455640312821154458202477256070484);
         for n in [1, 2, 3, 5, 7, 64, 1000] {
             let ranges = hash_ranges(n);

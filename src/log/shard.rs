@@ -135,6 +135,8 @@ pub struct ShardLog {
     committer: Rc<Committer>,
     /// Whether this shard is on the committer's list for the next commit.
     pub(crate) queued: Cell<bool>,
+    /// Readers waiting for records past the durable tip (long polls, subscriptions).
+    watchers: RefCell<Vec<oneshot::Sender<()>>>,
     state: RefCell<State>,
 }
 
@@ -274,6 +276,7 @@ impl ShardLog {
             config,
             committer,
             queued: Cell::new(false),
+            watchers: RefCell::new(Vec::new()),
             state: RefCell::new(state),
         }))
     }
@@ -407,6 +410,9 @@ impl ShardLog {
                     state.tail.push(pending, budget);
                 }
                 let durable = state.durable_next_seq;
+                for watcher in self.watchers.borrow_mut().drain(..) {
+                    let _ = watcher.send(());
+                }
                 while let Some(waiter) = state.waiters.front() {
                     if waiter.next_seq > durable {
                         break;
@@ -796,6 +802,33 @@ impl ShardLog {
             tracing::info!(shard = %self.dir.display(), deleted, trim_horizon = trim, "retention deleted segments");
         }
         Ok(deleted)
+    }
+
+    /// Waits until a record at or after `seq` is durable, or `timeout` passes. Returns
+    /// whether one is.
+    pub async fn wait_for_records(&self, seq: u64, timeout: std::time::Duration) -> bool {
+        if self.durable_next_seq() > seq {
+            return true;
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut watchers = self.watchers.borrow_mut();
+        // Readers that timed out dropped their receivers; forget them.
+        watchers.retain(|w| !w.is_canceled());
+        watchers.push(tx);
+        drop(watchers);
+        let woken = async {
+            let _ = rx.await;
+        };
+        let expired = async {
+            glommio::timer::sleep(timeout).await;
+        };
+        futures_lite::future::or(woken, expired).await;
+        self.durable_next_seq() > seq
+    }
+
+    /// Arrival time of the newest durable record, unix microseconds (0 when empty).
+    pub fn tip_arrival_us(&self) -> u64 {
+        self.state.borrow().durable_arrival_us
     }
 
     /// The oldest retained sequence number.

@@ -2,6 +2,7 @@
 //! crash writer the SIGKILL test runs as a child process. Each runs on one glommio
 //! executor.
 
+pub mod cli;
 pub mod crash_writer;
 pub mod log_bench;
 

@@ -1,0 +1,339 @@
+//! The Rust client for the binary protocol, used by the CLI, the tests and the load
+//! generator. One connection carries many requests at once (pipelining): each call gets a
+//! request id, a writer task sends frames in order, and a reader task hands each response
+//! to its caller and each subscription event to its subscription. Runs inside a glommio
+//! executor, on one thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+use thiserror::Error;
+
+use crate::limits::FRAME_BYTES_MAX;
+use crate::log::StartPosition;
+use crate::protocol::binary::{
+    self, FrameHeader, HEADER_BYTES, KIND_EVENT, KIND_RESPONSE, Op, PutEntry, PutResult,
+    RecordsBody, Request, Response, StreamDescription, WireError,
+};
+
+#[derive(Clone, Debug, Error)]
+pub enum ClientError {
+    #[error("connection: {0}")]
+    Io(String),
+    #[error("server: {0}")]
+    Server(#[from] WireError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("the connection closed")]
+    Closed,
+}
+
+type Waiter = oneshot::Sender<Result<(FrameHeader, Bytes), ClientError>>;
+
+/// Events queued per subscription before the reader waits for the subscriber.
+const SUBSCRIPTION_QUEUE: usize = 64;
+
+#[derive(Default)]
+struct Pending {
+    calls: HashMap<u64, Waiter>,
+    subscriptions: HashMap<u64, Rc<LocalSender<Result<RecordsBody, ClientError>>>>,
+}
+
+/// A connection to a spate server.
+pub struct Client {
+    out: LocalSender<Bytes>,
+    pending: Rc<RefCell<Pending>>,
+    next_id: Cell<u64>,
+}
+
+impl Client {
+    /// Connects to `addr`.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when the connection fails.
+    pub async fn connect(addr: SocketAddr) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ClientError::Io(format!("connecting to {addr}: {e}")))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        let (reader, mut writer) = stream.split();
+        let (out, frames) = local_channel::new_bounded::<Bytes>(1024);
+        glommio::spawn_local(async move {
+            while let Some(frame) = frames.recv().await {
+                if writer.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            let _ = writer.close().await;
+        })
+        .detach();
+        let pending = Rc::new(RefCell::new(Pending::default()));
+        let reader_pending = pending.clone();
+        glommio::spawn_local(async move {
+            let error = read_loop(reader, &reader_pending).await;
+            let mut pending = reader_pending.borrow_mut();
+            for (_, waiter) in pending.calls.drain() {
+                let _ = waiter.send(Err(error.clone()));
+            }
+            for (_, subscription) in pending.subscriptions.drain() {
+                let _ = subscription.try_send(Err(error.clone()));
+            }
+        })
+        .detach();
+        Ok(Client {
+            out,
+            pending,
+            next_id: Cell::new(1),
+        })
+    }
+
+    fn next_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// Sends a request and waits for its response.
+    ///
+    /// # Errors
+    /// The server's error, or a connection or protocol failure.
+    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().calls.insert(id, tx);
+        let mut frame = BytesMut::new();
+        request.encode(id, &mut frame);
+        self.send(frame.freeze(), id).await?;
+        let (header, body) = rx.await.map_err(|_| ClientError::Closed)??;
+        decode_response(request.op(), header, body)
+    }
+
+    async fn send(&self, frame: Bytes, id: u64) -> Result<(), ClientError> {
+        if self.out.send(frame).await.is_err() {
+            self.pending.borrow_mut().calls.remove(&id);
+            return Err(ClientError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Puts records into a stream; one result per record, in order.
+    ///
+    /// # Errors
+    /// Request-level failures (unknown stream, a limit broken: nothing was appended).
+    pub async fn put_records(
+        &self,
+        stream: &str,
+        records: Vec<PutEntry>,
+    ) -> Result<Vec<PutResult>, ClientError> {
+        let request = Request::PutRecords {
+            stream: stream.to_string(),
+            records,
+        };
+        match self.call(&request).await? {
+            Response::Put(results) => Ok(results),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reads records from one shard.
+    ///
+    /// # Errors
+    /// Unknown stream or shard, or a failed read.
+    pub async fn get_records(
+        &self,
+        stream: &str,
+        shard: u32,
+        position: StartPosition,
+        limit: u32,
+    ) -> Result<RecordsBody, ClientError> {
+        let request = Request::GetRecords {
+            stream: stream.to_string(),
+            shard,
+            position,
+            limit,
+            bytes_max: crate::limits::READ_BYTES_MAX as u32,
+            wait_ms: 0,
+        };
+        match self.call(&request).await? {
+            Response::Records(body) => Ok(body),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Creates a stream of `shard_count` shards.
+    ///
+    /// # Errors
+    /// The server's error (exists, bad name, limit).
+    pub async fn create_stream(&self, stream: &str, shard_count: u32) -> Result<(), ClientError> {
+        let request = Request::CreateStream {
+            stream: stream.to_string(),
+            shard_count,
+        };
+        self.call(&request).await.map(|_| ())
+    }
+
+    /// Deletes a stream and its records.
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn delete_stream(&self, stream: &str) -> Result<(), ClientError> {
+        let request = Request::DeleteStream {
+            stream: stream.to_string(),
+        };
+        self.call(&request).await.map(|_| ())
+    }
+
+    /// Names of every stream.
+    ///
+    /// # Errors
+    /// A connection failure.
+    pub async fn list_streams(&self) -> Result<Vec<String>, ClientError> {
+        match self.call(&Request::ListStreams).await? {
+            Response::Streams(names) => Ok(names),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A stream's shards, owners and positions.
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn describe_stream(&self, stream: &str) -> Result<StreamDescription, ClientError> {
+        let request = Request::DescribeStream {
+            stream: stream.to_string(),
+        };
+        match self.call(&request).await? {
+            Response::Stream(description) => Ok(description),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Subscribes to a shard from `position`: the server pushes records as they become
+    /// durable.
+    ///
+    /// # Errors
+    /// The server's error (unknown stream or shard).
+    pub async fn subscribe(
+        &self,
+        stream: &str,
+        shard: u32,
+        position: StartPosition,
+    ) -> Result<Subscription, ClientError> {
+        let request = Request::Subscribe {
+            stream: stream.to_string(),
+            shard,
+            position,
+        };
+        let id = self.next_id();
+        let (events_tx, events) = local_channel::new_bounded(SUBSCRIPTION_QUEUE);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.borrow_mut();
+            pending.calls.insert(id, tx);
+            pending.subscriptions.insert(id, Rc::new(events_tx));
+        }
+        let mut frame = BytesMut::new();
+        request.encode(id, &mut frame);
+        self.send(frame.freeze(), id).await?;
+        let answer = rx.await.map_err(|_| ClientError::Closed).and_then(|r| r);
+        let result = answer.and_then(|(header, body)| decode_response(Op::Subscribe, header, body));
+        if let Err(error) = result {
+            self.pending.borrow_mut().subscriptions.remove(&id);
+            return Err(error);
+        }
+        Ok(Subscription { events })
+    }
+}
+
+/// Records pushed by the server for one subscription.
+pub struct Subscription {
+    events: LocalReceiver<Result<RecordsBody, ClientError>>,
+}
+
+impl Subscription {
+    /// The next batch of records; `None` once the connection has closed.
+    pub async fn next(&self) -> Option<Result<RecordsBody, ClientError>> {
+        self.events.recv().await
+    }
+}
+
+fn unexpected(response: &Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected response {response:?}"))
+}
+
+fn decode_response(op: Op, header: FrameHeader, body: Bytes) -> Result<Response, ClientError> {
+    if header.status != 0 {
+        let error = binary::decode_error(header.status, body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        return Err(ClientError::Server(error));
+    }
+    if header.kind != KIND_RESPONSE | op as u8 {
+        return Err(ClientError::Protocol(format!(
+            "response kind {:#04x} to a {op:?} request",
+            header.kind
+        )));
+    }
+    Response::decode(op, body).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// Reads frames until the connection fails; returns why it stopped.
+async fn read_loop(mut reader: ReadHalf<TcpStream>, pending: &Rc<RefCell<Pending>>) -> ClientError {
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        while buffer.len() >= HEADER_BYTES {
+            let mut raw = [0u8; HEADER_BYTES];
+            raw.copy_from_slice(&buffer[..HEADER_BYTES]);
+            let header = match FrameHeader::decode(&raw, FRAME_BYTES_MAX * 2) {
+                Ok(header) => header,
+                Err(error) => return ClientError::Protocol(error.to_string()),
+            };
+            if buffer.len() < header.frame_bytes {
+                buffer.reserve(header.frame_bytes - buffer.len());
+                break;
+            }
+            let frame = buffer.split_to(header.frame_bytes).freeze();
+            dispatch(pending, header, frame.slice(HEADER_BYTES..)).await;
+        }
+        match reader.read(&mut chunk).await {
+            Ok(0) => return ClientError::Closed,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Err(error) => return ClientError::Io(error.to_string()),
+        }
+    }
+}
+
+async fn dispatch(pending: &Rc<RefCell<Pending>>, header: FrameHeader, body: Bytes) {
+    if header.kind == KIND_EVENT {
+        let subscription = pending
+            .borrow()
+            .subscriptions
+            .get(&header.request_id)
+            .cloned();
+        if let Some(subscription) = subscription {
+            let event =
+                binary::decode_event(body).map_err(|e| ClientError::Protocol(e.to_string()));
+            // Waits when the subscriber is behind: the server then waits on this socket.
+            let _ = subscription.send(event).await;
+        }
+        return;
+    }
+    let waiter = pending.borrow_mut().calls.remove(&header.request_id);
+    if let Some(waiter) = waiter {
+        let _ = waiter.send(Ok((header, body)));
+    } else if header.status != 0 {
+        // An error answering no request of ours (a frame the server could not read).
+        if let Ok(error) = binary::decode_error(header.status, body) {
+            tracing::warn!(%error, "server reported an error on the connection");
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Step 1 of the data path: sockets. Each core accepts on its own SO_REUSEPORT listener and
+//! runs its connections: reading frames into one buffer per connection (record payloads are
+//! slices of it from here to the log), serving up to the in-flight limit of requests
+//! concurrently, and writing responses in the order they finish. A malformed frame closes
+//! only its own connection. Runs on the core that accepted the connection.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
+
+use crate::limits::{READ_BYTES_MAX, READ_RECORDS_MAX};
+use crate::log::StartPosition;
+use crate::protocol::binary::{
+    self, FrameHeader, HEADER_BYTES, KIND_RESPONSE, Op, RecordsBody, Request, Response, Status,
+    WireError,
+};
+use crate::server::core::Core;
+use crate::server::requests;
+
+/// How long a subscription waits for records before checking that its connection lives.
+const SUBSCRIBE_POLL: Duration = Duration::from_millis(500);
+/// Bytes read from a socket at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Accepts connections until `stopping` is set.
+pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, stopping: Rc<Cell<bool>>) {
+    let listener = Rc::new(listener);
+    while !stopping.get() {
+        let accept = async { Some(listener.accept().await) };
+        let tick = async {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            None
+        };
+        let Some(accepted) = futures_lite::future::or(accept, tick).await else {
+            continue;
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(core = core.id, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if core.connections.get() >= core.config.net.connections_per_core_max {
+            tracing::warn!(
+                core = core.id,
+                "connection limit reached; closing a new connection"
+            );
+            drop(stream);
+            continue;
+        }
+        let core = core.clone();
+        let stopping = stopping.clone();
+        glommio::spawn_local(async move {
+            core.connections.set(core.connections.get() + 1);
+            if let Err(reason) = serve_connection(&core, stream, stopping).await {
+                tracing::debug!(core = core.id, %reason, "connection closed");
+            }
+            core.connections.set(core.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// Serves one connection until the peer closes it, it sends a frame that cannot be
+/// trusted, or the server stops.
+async fn serve_connection(
+    core: &Rc<Core>,
+    stream: TcpStream,
+    stopping: Rc<Cell<bool>>,
+) -> Result<(), String> {
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut reader, writer) = stream.split();
+    let in_flight = core.config.net.requests_in_flight_max;
+    let (out, frames) = local_channel::new_bounded::<Bytes>(in_flight + 1);
+    let out = Rc::new(out);
+    let closed = Rc::new(Cell::new(false));
+    let writer_closed = closed.clone();
+    let writer_task = glommio::spawn_local(async move {
+        let mut writer = writer;
+        while let Some(frame) = frames.recv().await {
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        writer_closed.set(true);
+        let _ = writer.close().await;
+    });
+    let permits = Rc::new(Semaphore::new(in_flight as u64));
+    let frame_max = core.config.net.frame_bytes_max;
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let result = loop {
+        if stopping.get() || closed.get() {
+            break Ok(());
+        }
+        // Frames already buffered are served before reading more.
+        match next_frame(&mut buffer, frame_max) {
+            Ok(Some((header, frame))) => {
+                let permit = permits
+                    .clone()
+                    .acquire_static_permit(1)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let core = core.clone();
+                let out = out.clone();
+                let closed = closed.clone();
+                glommio::spawn_local(async move {
+                    serve_frame(&core, header, frame, &out, &closed).await;
+                    drop(permit);
+                })
+                .detach();
+                continue;
+            }
+            Ok(None) => {}
+            Err((request_id, error)) => {
+                let mut frame = BytesMut::new();
+                binary::encode_error(0, request_id, &error, &mut frame);
+                let _ = out.send(frame.freeze()).await;
+                break Err(error.to_string());
+            }
+        }
+        let read = reader.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if read == 0 {
+            break Ok(());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    closed.set(true);
+    drop(out);
+    // Let requests in flight finish and their responses go out before closing.
+    let _ = permits.acquire(in_flight as u64).await;
+    let _ = writer_task.await;
+    result
+}
+
+/// Splits the next whole frame off `buffer`; `Ok(None)` when more bytes are needed.
+/// A header that cannot be trusted is an error carrying the request id to answer.
+fn next_frame(
+    buffer: &mut BytesMut,
+    frame_max: usize,
+) -> Result<Option<(FrameHeader, Bytes)>, (u64, WireError)> {
+    let Some(head) = buffer.get(..HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let mut raw = [0u8; HEADER_BYTES];
+    raw.copy_from_slice(head);
+    let header = FrameHeader::decode(&raw, frame_max).map_err(|error| {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&raw[8..16]);
+        (
+            u64::from_le_bytes(id),
+            WireError::new(error.status(), error.to_string()),
+        )
+    })?;
+    if buffer.len() < header.frame_bytes {
+        buffer.reserve(header.frame_bytes - buffer.len());
+        return Ok(None);
+    }
+    let frame = buffer.split_to(header.frame_bytes).freeze();
+    Ok(Some((header, frame)))
+}
+
+async fn serve_frame(
+    core: &Rc<Core>,
+    header: FrameHeader,
+    frame: Bytes,
+    out: &Rc<LocalSender<Bytes>>,
+    closed: &Rc<Cell<bool>>,
+) {
+    let id = header.request_id;
+    let body = frame.slice(HEADER_BYTES..);
+    let request = match Request::decode(header.kind, body) {
+        Ok(request) => request,
+        Err(error) => {
+            let error = WireError::new(error.status(), error.to_string());
+            send_error(out, header.kind & !KIND_RESPONSE, id, &error).await;
+            return;
+        }
+    };
+    let op = request.op();
+    if let Request::Subscribe {
+        stream,
+        shard,
+        position,
+    } = request
+    {
+        subscribe(core, id, &stream, shard, position, out, closed).await;
+        return;
+    }
+    let mut frame = BytesMut::new();
+    match requests::handle(core, request).await {
+        Ok(response) => response.encode(op, id, &mut frame),
+        Err(error) => binary::encode_error(op as u8, id, &error, &mut frame),
+    }
+    let _ = out.send(frame.freeze()).await;
+}
+
+async fn send_error(out: &Rc<LocalSender<Bytes>>, kind: u8, id: u64, error: &WireError) {
+    let mut frame = BytesMut::new();
+    binary::encode_error(kind, id, error, &mut frame);
+    let _ = out.send(frame.freeze()).await;
+}
+
+/// Streams a shard's records as they become durable, starting at `position`, until the
+/// connection closes. Each event is one read; a reader at the head waits on the shard.
+async fn subscribe(
+    core: &Rc<Core>,
+    id: u64,
+    stream: &str,
+    shard: u32,
+    position: StartPosition,
+    out: &Rc<LocalSender<Bytes>>,
+    closed: &Rc<Cell<bool>>,
+) {
+    // The first read resolves the position (and checks the stream and shard exist).
+    let wait_us = SUBSCRIBE_POLL.as_micros() as u64;
+    let first = requests::read(
+        core,
+        stream,
+        shard,
+        position,
+        READ_RECORDS_MAX as u32,
+        READ_BYTES_MAX as u32,
+        0,
+    )
+    .await;
+    let mut body = match first {
+        Ok(body) => body,
+        Err(error) => return send_error(out, Op::Subscribe as u8, id, &error).await,
+    };
+    let mut frame = BytesMut::new();
+    Response::Empty.encode(Op::Subscribe, id, &mut frame);
+    if out.send(frame.freeze()).await.is_err() {
+        return;
+    }
+    loop {
+        if !body.records.is_empty() {
+            let mut frame =
+                BytesMut::with_capacity(binary::records_body_bytes(&body.records) + HEADER_BYTES);
+            binary::encode_event(id, &body, &mut frame);
+            if out.send(frame.freeze()).await.is_err() {
+                return;
+            }
+        }
+        if closed.get() {
+            return;
+        }
+        let next = StartPosition::AtSequence(body.next_seq);
+        let read = requests::read(
+            core,
+            stream,
+            shard,
+            next,
+            READ_RECORDS_MAX as u32,
+            READ_BYTES_MAX as u32,
+            wait_us,
+        );
+        body = match read.await {
+            Ok(body) => body,
+            Err(error) if error.status == Status::StreamNotFound => {
+                return send_error(out, Op::Subscribe as u8, id, &error).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "subscription read failed; retrying");
+                glommio::timer::sleep(SUBSCRIBE_POLL).await;
+                RecordsBody {
+                    next_seq: body.next_seq,
+                    ..RecordsBody::default()
+                }
+            }
+        };
+    }
+}

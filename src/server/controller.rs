@@ -1,0 +1,137 @@
+//! The controller: the one place the catalog changes. Lives on core 0; other cores send it
+//! catalog changes over the mesh. A change is applied to a copy, persisted atomically, then
+//! sent to every core as a snapshot, and answered once every core has adopted it (so a
+//! stream is writable on every core when its create returns). Changes run one at a time.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use futures::future::join_all;
+use glommio::sync::Semaphore;
+
+use crate::catalog::{Catalog, CatalogError, StreamMeta};
+use crate::protocol::binary::{Response, Status, WireError};
+use crate::server::core::{Core, CoreReply, CoreRequest};
+
+/// A catalog change.
+pub enum ControlRequest {
+    CreateStream { name: String, shard_count: u32 },
+    DeleteStream { name: String },
+}
+
+pub struct Controller {
+    catalog: RefCell<Catalog>,
+    /// Serialises changes across their awaits (persist, broadcast).
+    turn: Semaphore,
+}
+
+impl Controller {
+    pub fn new(catalog: Catalog) -> Controller {
+        Controller {
+            catalog: RefCell::new(catalog),
+            turn: Semaphore::new(1),
+        }
+    }
+
+    /// Sends the current catalog to every core; at start-up, this opens every shard.
+    ///
+    /// # Errors
+    /// The first core's failure to adopt it (a shard that would not open).
+    pub async fn publish(&self, core: &Rc<Core>, deleted: Vec<StreamMeta>) -> Result<(), String> {
+        let catalog = self.catalog.borrow().clone();
+        let calls = (0..core.cores).map(|target| {
+            let request = CoreRequest::Snapshot {
+                catalog: catalog.clone(),
+                deleted: deleted.clone(),
+            };
+            core.call(target, request)
+        });
+        for reply in join_all(calls).await {
+            match reply {
+                CoreReply::Applied(Ok(())) => {}
+                CoreReply::Applied(Err(message)) => return Err(message),
+                _ => return Err("a core did not acknowledge the catalog".into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one change.
+    ///
+    /// # Errors
+    /// [`WireError`] with the status a client can act on.
+    pub async fn handle(
+        &self,
+        core: &Rc<Core>,
+        request: ControlRequest,
+    ) -> Result<Response, WireError> {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _turn = self
+            .turn
+            .acquire_permit(1)
+            .await
+            .map_err(|e| WireError::new(Status::Internal, e.to_string()))?;
+        let mut next = self.catalog.borrow().clone();
+        let data_dir = core.data_dir();
+        let deleted = match request {
+            ControlRequest::CreateStream { name, shard_count } => {
+                let retention = core.config.log.retention_hours;
+                next.create_stream(&name, shard_count, core.cores, retention, now_us())
+                    .map_err(catalog_error)?;
+                Vec::new()
+            }
+            ControlRequest::DeleteStream { name } => {
+                vec![next.delete_stream(&name).map_err(catalog_error)?]
+            }
+        };
+        next.persist(&data_dir).await.map_err(catalog_error)?;
+        *self.catalog.borrow_mut() = next;
+        self.publish(core, deleted.clone())
+            .await
+            .map_err(|m| WireError::new(Status::StorageFailed, m))?;
+        for stream in deleted {
+            let dir = stream.dir(&data_dir);
+            if let Err(error) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), %error, "could not remove a deleted stream's files");
+            }
+        }
+        Ok(Response::Empty)
+    }
+}
+
+/// Removes stream folders the catalog no longer knows (a delete interrupted by a crash).
+pub fn remove_orphans(catalog: &Catalog, data_dir: &std::path::Path) {
+    let streams = data_dir.join("streams");
+    let Ok(entries) = std::fs::read_dir(&streams) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let known = catalog
+            .streams
+            .values()
+            .any(|s| format!("{}.{}", s.name, s.id) == name);
+        if !known {
+            tracing::info!(folder = %entry.path().display(), "removing files of a deleted stream");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Maps catalog errors to the wire.
+pub fn catalog_error(error: CatalogError) -> WireError {
+    let status = match &error {
+        CatalogError::StreamExists(_) => Status::StreamExists,
+        CatalogError::StreamNotFound(_) => Status::StreamNotFound,
+        CatalogError::InvalidName(_) | CatalogError::InvalidShardCount { .. } => {
+            Status::InvalidArgument
+        }
+        CatalogError::ShardLimit { .. } => Status::LimitExceeded,
+        CatalogError::Io(_) | CatalogError::Damaged { .. } => Status::StorageFailed,
+    };
+    WireError::new(status, error.to_string())
+}
+
+fn now_us() -> u64 {
+    crate::tools::now_us()
+}

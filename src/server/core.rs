@@ -1,0 +1,374 @@
+//! One core of the server: the shards it owns, its committer, its copy of the catalog, and
+//! its end of the core-to-core mesh. Owns the handling of work that arrives for its shards
+//! (appends, reads, tips) and of catalog snapshots. Runs on its own pinned executor;
+//! nothing here crosses threads except [`CoreMessage`] values on bounded glommio channels.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use futures::future::join_all;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+
+use crate::catalog::{Catalog, StreamMeta};
+use crate::commit::Committer;
+use crate::config::Config;
+use crate::limits::READ_WAIT_US_MAX;
+use crate::log::{AppendAck, AppendError, LogConfig, RecordIn, ShardLog, StartPosition};
+use crate::protocol::binary::{RecordsBody, Response, Status, WireError};
+use crate::server::controller::{ControlRequest, Controller};
+
+/// A message between cores. Requests carry an id the reply echoes.
+pub enum CoreMessage {
+    Request {
+        id: u64,
+        from: usize,
+        body: CoreRequest,
+    },
+    Reply {
+        id: u64,
+        body: CoreReply,
+    },
+}
+
+/// Work one core asks of another.
+pub enum CoreRequest {
+    /// Append sub-batches to shards the target owns, one per shard.
+    Append {
+        stream_id: u64,
+        batches: Vec<(u32, Vec<RecordIn>)>,
+    },
+    /// Read from a shard the target owns, waiting up to `wait_us` for records.
+    Read {
+        stream_id: u64,
+        shard: u32,
+        position: StartPosition,
+        limit: u32,
+        bytes_max: u32,
+        wait_us: u64,
+    },
+    /// Trim horizon and tip of shards the target owns.
+    Tips { stream_id: u64, shards: Vec<u32> },
+    /// A catalog change, for the controller (core 0).
+    Control(ControlRequest),
+    /// A new catalog, from the controller: open shards newly owned, close deleted ones.
+    Snapshot {
+        catalog: Catalog,
+        deleted: Vec<StreamMeta>,
+    },
+}
+
+/// The answer to a [`CoreRequest`].
+pub enum CoreReply {
+    Appended(Vec<Result<AppendAck, WireError>>),
+    Read(Result<RecordsBody, WireError>),
+    Tips(Vec<(u32, u64, u64)>),
+    Control(Result<Response, WireError>),
+    Applied(Result<(), String>),
+}
+
+/// A core of the server.
+pub struct Core {
+    pub id: usize,
+    pub cores: usize,
+    pub config: Config,
+    pub committer: Rc<Committer>,
+    senders: Senders<CoreMessage>,
+    shards: RefCell<HashMap<(u64, u32), Rc<ShardLog>>>,
+    snapshot: RefCell<Rc<Catalog>>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<CoreReply>>>,
+    next_id: Cell<u64>,
+    /// Present on core 0 only.
+    pub controller: Option<Controller>,
+    pub connections: Cell<usize>,
+}
+
+impl Core {
+    pub fn new(
+        id: usize,
+        cores: usize,
+        config: Config,
+        senders: Senders<CoreMessage>,
+        controller: Option<Controller>,
+    ) -> Rc<Core> {
+        let committer = Committer::start(config.commit.clone());
+        Rc::new(Core {
+            id,
+            cores,
+            config,
+            committer,
+            senders,
+            shards: RefCell::new(HashMap::new()),
+            snapshot: RefCell::new(Rc::new(Catalog::default())),
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(0),
+            controller,
+            connections: Cell::new(0),
+        })
+    }
+
+    /// This core's current copy of the catalog.
+    pub fn snapshot(&self) -> Rc<Catalog> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    /// Starts one task per peer that receives its messages.
+    pub fn listen_to_peers(self: &Rc<Self>, mut receivers: Receivers<CoreMessage>) {
+        for (_peer, receiver) in receivers.streams() {
+            let core = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(message) = receiver.recv().await {
+                    core.on_message(message);
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn on_message(self: &Rc<Self>, message: CoreMessage) {
+        match message {
+            CoreMessage::Reply { id, body } => {
+                if let Some(waiter) = self.pending.borrow_mut().remove(&id) {
+                    let _ = waiter.send(body);
+                }
+            }
+            CoreMessage::Request { id, from, body } => {
+                let core = self.clone();
+                glommio::spawn_local(async move {
+                    let reply = core.handle(body).await;
+                    let message = CoreMessage::Reply { id, body: reply };
+                    if core.senders.send_to(from, message).await.is_err() {
+                        tracing::warn!(
+                            core = core.id,
+                            to = from,
+                            "reply to a stopped core dropped"
+                        );
+                    }
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// Sends `request` to core `target` (or handles it here) and waits for the reply.
+    pub async fn call(self: &Rc<Self>, target: usize, request: CoreRequest) -> CoreReply {
+        if target == self.id {
+            return self.handle(request).await;
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        let message = CoreMessage::Request {
+            id,
+            from: self.id,
+            body: request,
+        };
+        if self.senders.send_to(target, message).await.is_err() {
+            self.pending.borrow_mut().remove(&id);
+            return stopped_reply();
+        }
+        rx.await.unwrap_or_else(|_| stopped_reply())
+    }
+
+    async fn handle(self: &Rc<Self>, request: CoreRequest) -> CoreReply {
+        match request {
+            CoreRequest::Append { stream_id, batches } => {
+                CoreReply::Appended(self.append_local(stream_id, batches).await)
+            }
+            CoreRequest::Read {
+                stream_id,
+                shard,
+                position,
+                limit,
+                bytes_max,
+                wait_us,
+            } => {
+                let read = self
+                    .read_local(stream_id, shard, position, limit, bytes_max, wait_us)
+                    .await;
+                CoreReply::Read(read)
+            }
+            CoreRequest::Tips { stream_id, shards } => {
+                let owned = self.shards.borrow();
+                let tips = shards
+                    .into_iter()
+                    .filter_map(|index| {
+                        let log = owned.get(&(stream_id, index))?;
+                        Some((index, log.trim_horizon(), log.durable_next_seq()))
+                    })
+                    .collect();
+                CoreReply::Tips(tips)
+            }
+            CoreRequest::Control(control) => match &self.controller {
+                Some(controller) => CoreReply::Control(controller.handle(self, control).await),
+                None => CoreReply::Control(Err(WireError::new(
+                    Status::Internal,
+                    "catalog change sent to a core that is not the controller",
+                ))),
+            },
+            CoreRequest::Snapshot { catalog, deleted } => {
+                CoreReply::Applied(self.apply_snapshot(catalog, deleted).await)
+            }
+        }
+    }
+
+    /// Appends each sub-batch to its shard; the sub-batches run concurrently and share the
+    /// core's next commit.
+    async fn append_local(
+        &self,
+        stream_id: u64,
+        batches: Vec<(u32, Vec<RecordIn>)>,
+    ) -> Vec<Result<AppendAck, WireError>> {
+        let appends = batches.iter().map(|(shard, records)| {
+            let log = self.shards.borrow().get(&(stream_id, *shard)).cloned();
+            async move {
+                let Some(log) = log else {
+                    return Err(not_owned(*shard));
+                };
+                log.append(records).await.map_err(append_error)
+            }
+        });
+        join_all(appends).await
+    }
+
+    async fn read_local(
+        &self,
+        stream_id: u64,
+        shard: u32,
+        position: StartPosition,
+        limit: u32,
+        bytes_max: u32,
+        wait_us: u64,
+    ) -> Result<RecordsBody, WireError> {
+        let log = self
+            .shards
+            .borrow()
+            .get(&(stream_id, shard))
+            .cloned()
+            .ok_or_else(|| not_owned(shard))?;
+        let from = log.resolve(position).await.map_err(read_error)?;
+        let wait = Duration::from_micros(wait_us.min(READ_WAIT_US_MAX));
+        if !wait.is_zero() {
+            log.wait_for_records(from, wait).await;
+        }
+        let out = log
+            .read(from, limit as usize, bytes_max as usize)
+            .await
+            .map_err(read_error)?;
+        let millis_behind = match out.records.last() {
+            Some(last) if out.next_seq < out.tip_seq => {
+                out.tip_arrival_us.saturating_sub(last.arrival_us) / 1000
+            }
+            _ => 0,
+        };
+        Ok(RecordsBody {
+            next_seq: out.next_seq,
+            millis_behind,
+            records: out.records,
+        })
+    }
+
+    /// Adopts a new catalog: opens the shards this core now owns, closes those of deleted
+    /// streams.
+    async fn apply_snapshot(
+        &self,
+        catalog: Catalog,
+        deleted: Vec<StreamMeta>,
+    ) -> Result<(), String> {
+        for stream in &deleted {
+            for shard in &stream.shards {
+                let log = self.shards.borrow_mut().remove(&(stream.id, shard.index));
+                if let Some(log) = log {
+                    log.close().await;
+                }
+            }
+        }
+        let data_dir = self.data_dir();
+        for stream in catalog.streams.values() {
+            for shard in stream
+                .shards
+                .iter()
+                .filter(|s| usize::from(s.owner_core) == self.id)
+            {
+                let key = (stream.id, shard.index);
+                if self.shards.borrow().contains_key(&key) {
+                    continue;
+                }
+                let config = LogConfig {
+                    retention_hours: stream.retention_hours,
+                    ..self.config.log.clone()
+                };
+                let dir = stream.shard_dir(&data_dir, shard.index);
+                let log = ShardLog::open(&dir, config, self.committer.clone())
+                    .await
+                    .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+                self.shards.borrow_mut().insert(key, log);
+            }
+        }
+        *self.snapshot.borrow_mut() = Rc::new(catalog);
+        Ok(())
+    }
+
+    /// Runs retention on every owned shard.
+    pub async fn enforce_retention(&self, now_us: u64) {
+        let logs: Vec<Rc<ShardLog>> = self.shards.borrow().values().cloned().collect();
+        for log in logs {
+            if let Err(error) = log.enforce_retention(now_us).await {
+                tracing::error!(shard = %log.dir().display(), %error, "retention failed");
+            }
+        }
+    }
+
+    /// Commits what is pending and closes every shard's files.
+    pub async fn shut_down(&self) {
+        self.committer.shutdown().await;
+        let logs: Vec<Rc<ShardLog>> = self.shards.borrow_mut().drain().map(|(_, l)| l).collect();
+        for log in logs {
+            log.close().await;
+        }
+    }
+
+    /// Number of shards this core owns.
+    pub fn shard_count(&self) -> usize {
+        self.shards.borrow().len()
+    }
+}
+
+fn stopped_reply() -> CoreReply {
+    CoreReply::Control(Err(WireError::new(
+        Status::ShuttingDown,
+        "the core that owns this work is stopping",
+    )))
+}
+
+fn not_owned(shard: u32) -> WireError {
+    WireError::new(
+        Status::ShardNotFound,
+        format!(
+            "shard {} is not open on its owner core",
+            crate::catalog::shard_id(shard)
+        ),
+    )
+}
+
+/// Maps a log append error to the wire: one table, at the protocol edge.
+pub fn append_error(error: AppendError) -> WireError {
+    match error {
+        AppendError::Limit(limit) => WireError::new(Status::LimitExceeded, limit.to_string()),
+        AppendError::Commit(_) | AppendError::Failed { .. } => {
+            WireError::new(Status::StorageFailed, error.to_string())
+        }
+    }
+}
+
+fn read_error(error: crate::log::ReadError) -> WireError {
+    WireError::new(Status::StorageFailed, error.to_string())
+}

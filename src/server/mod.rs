@@ -1,0 +1,272 @@
+//! Start-up and shutdown of `spate serve`: checks what io_uring needs, binds one
+//! SO_REUSEPORT listener per core, starts one pinned glommio executor per core joined by a
+//! full mesh of bounded channels, loads the catalog on the controller (core 0) and opens
+//! every shard on its owner, then serves until SIGINT or SIGTERM. Runs on the main thread;
+//! each core's part runs on its executor.
+
+pub mod controller;
+pub mod core;
+pub mod requests;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::runtime;
+use crate::server::controller::Controller;
+use crate::server::core::{Core, CoreMessage};
+
+/// How often each core runs retention over its shards.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("cannot listen on {addr}: {message}")]
+    Listen { addr: SocketAddr, message: String },
+    #[error("core {core} failed: {message}")]
+    Core { core: usize, message: String },
+    #[error("cannot use data folder {path}: {message}")]
+    DataDir { path: String, message: String },
+}
+
+/// Runs the server until SIGINT or SIGTERM, then shuts down cleanly.
+///
+/// # Errors
+/// [`ServeError`] saying what to change when start-up fails.
+pub fn serve(config: Config) -> Result<(), ServeError> {
+    let memlock = runtime::raise_memlock();
+    runtime::check_memlock()?;
+    raise_open_files();
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let cpus: Vec<usize> = core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .unwrap_or_else(|| (0..num_cpus()).collect());
+    let cores = if config.cores == 0 {
+        cpus.len().max(1)
+    } else {
+        config.cores
+    };
+    let listeners = bind_listeners(config.binary_listen, cores)?;
+    let bound = listeners
+        .first()
+        .and_then(|s| s.local_addr().ok())
+        .and_then(|a| a.as_socket())
+        .unwrap_or(config.binary_listen);
+    let io_memory = runtime::io_memory_per_executor(cores);
+    tracing::info!(
+        cores,
+        memlock_bytes = memlock,
+        io_memory_bytes = io_memory,
+        data_dir = %config.data_dir.display(),
+        "starting"
+    );
+    if io_memory < runtime::IO_MEMORY_MAX {
+        tracing::warn!(
+            "the memlock limit ({memlock} bytes) leaves {io_memory} bytes of registered I/O memory \
+             per core (wanted {}): I/O still works, but buffers are pinned per request. Raise it \
+             with `ulimit -l unlimited` (or LimitMEMLOCK=infinity under systemd)",
+            runtime::IO_MEMORY_MAX
+        );
+    }
+    let stopping = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stopping.clone()).map_err(|e| ServeError::Core {
+            core: 0,
+            message: format!("installing the signal handler: {e}"),
+        })?;
+    }
+    let mesh = MeshBuilder::<CoreMessage, _>::full(cores, config.net.core_channel_messages);
+    let mut handles = Vec::new();
+    for (id, socket) in listeners.into_iter().enumerate() {
+        let config = config.clone();
+        let mesh = mesh.clone();
+        let stopping = stopping.clone();
+        let fd = socket.into_raw_fd();
+        let cpu = cpus.get(id % cpus.len().max(1)).copied();
+        let builder = runtime::executor_builder(&format!("core-{id}"), cpu, cores);
+        let handle = builder
+            .spawn(move || async move {
+                // SAFETY: `fd` is a bound, listening socket whose ownership we took with
+                // into_raw_fd above; nothing else closes it.
+                let listener = unsafe { TcpListener::from_raw_fd(fd) };
+                run_core(id, cores, config, mesh, listener, stopping).await
+            })
+            .map_err(|e| runtime::RuntimeError::Uring {
+                reason: e.to_string(),
+            })?;
+        handles.push(handle);
+    }
+    // One line on stdout that scripts and tests can wait for.
+    println!("spate: serving the binary protocol on {bound} with {cores} cores");
+    let mut failure = None;
+    for (core, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => failure = failure.or(Some(ServeError::Core { core, message })),
+            Err(_) => {
+                failure = failure.or(Some(ServeError::Core {
+                    core,
+                    message: "panicked".into(),
+                }));
+            }
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+async fn run_core(
+    id: usize,
+    cores: usize,
+    config: Config,
+    mesh: MeshBuilder<CoreMessage, glommio::channels::channel_mesh::Full>,
+    listener: TcpListener,
+    stopping: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "joining the core mesh".to_string())?;
+    let controller = if id == 0 {
+        let catalog = Catalog::load(&config.data_dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        controller::remove_orphans(&catalog, &config.data_dir);
+        Some(Controller::new(catalog))
+    } else {
+        None
+    };
+    let core = Core::new(id, cores, config, senders, controller);
+    core.listen_to_peers(receivers);
+    if let Some(controller) = &core.controller {
+        controller.publish(&core, Vec::new()).await?;
+        tracing::info!("catalog loaded; every shard is open");
+    }
+    let local_stop = Rc::new(Cell::new(false));
+    let watcher_stop = local_stop.clone();
+    let watcher = glommio::spawn_local(async move {
+        while !stopping.load(Ordering::Relaxed) {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        watcher_stop.set(true);
+    })
+    .detach();
+    let retention_core = core.clone();
+    let retention_stop = local_stop.clone();
+    glommio::spawn_local(async move {
+        while !retention_stop.get() {
+            glommio::timer::sleep(RETENTION_INTERVAL).await;
+            retention_core
+                .enforce_retention(crate::tools::now_us())
+                .await;
+        }
+    })
+    .detach();
+    net::accept_loop(core.clone(), listener, local_stop).await;
+    let _ = watcher.await;
+    tracing::info!(
+        core = id,
+        shards = core.shard_count(),
+        "stopping: committing what is pending"
+    );
+    core.shut_down().await;
+    Ok(())
+}
+
+use crate::net;
+
+/// One listening socket per core on the same address (the first binds the requested
+/// address, which may have port 0; the rest bind the port it got).
+fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<Socket>, ServeError> {
+    let mut sockets = Vec::with_capacity(cores);
+    let mut target = addr;
+    for _ in 0..cores {
+        let socket = listen_socket(target).map_err(|e| ServeError::Listen {
+            addr: target,
+            message: e.to_string(),
+        })?;
+        if let Some(bound) = socket.local_addr().ok().and_then(|a| a.as_socket()) {
+            target = bound;
+        }
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+fn listen_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
+
+/// Takes an exclusive lock on the data folder for the life of the server, so a second
+/// server on the same folder fails at start instead of corrupting the first one's logs.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let failed = |message: String| ServeError::DataDir {
+        path: dir.display().to_string(),
+        message,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| failed(e.to_string()))?;
+    // SAFETY: flock on a descriptor we own; the lock lives as long as the file.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(failed(
+            "another spate server is using it (LOCK is held)".into(),
+        ));
+    }
+    Ok(file)
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Raises the open-files limit to its hard maximum: every shard holds its active segment
+/// open, and every connection a socket.
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
