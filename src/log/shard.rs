@@ -811,11 +811,12 @@ impl ShardLog {
             return true;
         }
         let (tx, rx) = oneshot::channel();
-        let mut watchers = self.watchers.borrow_mut();
-        // Readers that timed out dropped their receivers; forget them.
-        watchers.retain(|w| !w.is_canceled());
-        watchers.push(tx);
-        drop(watchers);
+        {
+            let mut watchers = self.watchers.borrow_mut();
+            // Readers that timed out dropped their receivers; forget them.
+            watchers.retain(|w| !w.is_canceled());
+            watchers.push(tx);
+        }
         let woken = async {
             let _ = rx.await;
         };

@@ -21,6 +21,9 @@ use crate::log::{AppendAck, AppendError, LogConfig, RecordIn, ShardLog, StartPos
 use crate::protocol::binary::{RecordsBody, Response, Status, WireError};
 use crate::server::controller::{ControlRequest, Controller};
 
+/// How soon a core looks at messages from other cores while busy.
+pub const MESH_LATENCY: Duration = Duration::from_micros(200);
+
 /// A message between cores. Requests carry an id the reply echoes.
 pub enum CoreMessage {
     Request {
@@ -84,6 +87,8 @@ pub struct Core {
     /// Present on core 0 only.
     pub controller: Option<Controller>,
     pub connections: Cell<usize>,
+    /// Callers waiting for the first catalog (a core serves nothing before it has one).
+    ready: RefCell<Option<Vec<oneshot::Sender<()>>>>,
 }
 
 impl Core {
@@ -107,7 +112,21 @@ impl Core {
             next_id: Cell::new(0),
             controller,
             connections: Cell::new(0),
+            ready: RefCell::new(Some(Vec::new())),
         })
+    }
+
+    /// Resolves once this core has adopted its first catalog and opened its shards.
+    pub async fn wait_ready(&self) {
+        let waiter = match self.ready.borrow_mut().as_mut() {
+            None => return,
+            Some(waiters) => {
+                let (tx, rx) = oneshot::channel();
+                waiters.push(tx);
+                rx
+            }
+        };
+        let _ = waiter.await;
     }
 
     /// This core's current copy of the catalog.
@@ -120,15 +139,29 @@ impl Core {
     }
 
     /// Starts one task per peer that receives its messages.
+    ///
+    /// They run in a task queue that declares latency matters, so a message from another
+    /// core is picked up within [`MESH_LATENCY`] even while this core's connections keep
+    /// its default queue busy, instead of waiting out a whole scheduling slice.
     pub fn listen_to_peers(self: &Rc<Self>, mut receivers: Receivers<CoreMessage>) {
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::default(),
+            glommio::Latency::Matters(MESH_LATENCY),
+            "mesh",
+        );
         for (_peer, receiver) in receivers.streams() {
             let core = self.clone();
-            glommio::spawn_local(async move {
+            let task = async move {
                 while let Some(message) = receiver.recv().await {
                     core.on_message(message);
                 }
-            })
-            .detach();
+            };
+            match glommio::spawn_local_into(task, queue) {
+                Ok(task) => {
+                    task.detach();
+                }
+                Err(error) => tracing::error!(%error, "cannot start the mesh receiver"),
+            };
         }
     }
 
@@ -314,6 +347,11 @@ impl Core {
             }
         }
         *self.snapshot.borrow_mut() = Rc::new(catalog);
+        if let Some(waiters) = self.ready.borrow_mut().take() {
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        }
         Ok(())
     }
 

@@ -164,6 +164,7 @@ async fn run_core(
         controller.publish(&core, Vec::new()).await?;
         tracing::info!("catalog loaded; every shard is open");
     }
+    core.wait_ready().await;
     let local_stop = Rc::new(Cell::new(false));
     let watcher_stop = local_stop.clone();
     let watcher = glommio::spawn_local(async move {

@@ -114,3 +114,85 @@ pub fn now_us() -> u64 {
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory")
 }
+
+/// A real `spate serve` process on a free loopback port with its own data folder.
+pub struct Server {
+    pub addr: std::net::SocketAddr,
+    pub data_dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Server {
+    /// Starts a server on `data_dir` with two cores and waits until it serves.
+    pub fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--cores",
+                "2",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start spate serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("server output");
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.parse().ok())
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"));
+        Server {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            child: Some(child),
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().expect("wait");
+            assert!(status.success(), "server exited with {status}");
+        }
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn entry(key: &str, data: Vec<u8>) -> spate::protocol::binary::PutEntry {
+    spate::protocol::binary::PutEntry {
+        partition_key: Bytes::copy_from_slice(key.as_bytes()),
+        data: Bytes::from(data),
+        explicit_hash_key: None,
+    }
+}

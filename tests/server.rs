@@ -1,0 +1,497 @@
+//! `spate serve` end to end: the real binary on a loopback port with a temporary data
+//! folder, driven over TCP by the Rust client (and by raw sockets for bad frames).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::{Server, entry, payload, run, temp_dir};
+use spate::catalog::{hash_key, hash_ranges};
+use spate::client::{Client, ClientError};
+use spate::log::StartPosition;
+use spate::protocol::binary::{
+    self, FrameHeader, HEADER_BYTES, Op, PutEntry, Request, Status, VERSION,
+};
+
+/// Reads every record of every shard: (shard, seq) -> (key, data).
+async fn read_all(client: &Client, stream: &str) -> HashMap<(u32, u64), (Bytes, Bytes)> {
+    let description = client.describe_stream(stream).await.expect("describe");
+    let mut out = HashMap::new();
+    for shard in description.shards {
+        let mut position = StartPosition::TrimHorizon;
+        loop {
+            let body = client
+                .get_records(stream, shard.index, position, 10_000)
+                .await
+                .expect("get records");
+            if body.records.is_empty() {
+                break;
+            }
+            for r in &body.records {
+                out.insert(
+                    (shard.index, r.seq),
+                    (r.partition_key.clone(), r.data.clone()),
+                );
+            }
+            position = StartPosition::AtSequence(body.next_seq);
+        }
+    }
+    out
+}
+
+#[test]
+fn puts_from_several_connections_are_readable_and_ordered_per_key() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    run(move || async move {
+        let admin = Client::connect(addr).await.expect("connect");
+        admin.create_stream("events", 4).await.expect("create");
+        let producers = (0..4).map(|c| async move {
+            let client = Client::connect(addr).await.expect("connect");
+            let mut acked = Vec::new();
+            for n in 0..20 {
+                let records: Vec<PutEntry> = (0..100)
+                    .map(|i| {
+                        entry(
+                            &format!("key-{}", i % 10),
+                            format!("c{c}-{n}-{i}").into_bytes(),
+                        )
+                    })
+                    .collect();
+                let results = client.put_records("events", records).await.expect("put");
+                for (i, result) in results.into_iter().enumerate() {
+                    let (shard, seq) = result.expect("record accepted");
+                    acked.push((
+                        format!("key-{}", i % 10),
+                        format!("c{c}-{n}-{i}"),
+                        shard,
+                        seq,
+                    ));
+                }
+            }
+            acked
+        });
+        let acked: Vec<_> = futures::future::join_all(producers)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(acked.len(), 8_000);
+        let stored = read_all(&admin, "events").await;
+        assert_eq!(stored.len(), 8_000, "every record once");
+        let description = admin.describe_stream("events").await.expect("describe");
+        let mut last_seq: HashMap<(String, String), (u32, u64)> = HashMap::new();
+        for (key, data, shard, seq) in &acked {
+            let (k, d) = &stored[&(*shard, *seq)];
+            assert_eq!((k.as_ref(), d.as_ref()), (key.as_bytes(), data.as_bytes()));
+            // Routed by MD5 to the shard whose range holds the key.
+            let meta = &description.shards[*shard as usize];
+            let hash = hash_key(key.as_bytes());
+            assert!(meta.hash_start <= hash && hash <= meta.hash_end);
+            // Per connection and key, later puts get later sequence numbers.
+            let connection = data.split('-').next().unwrap_or_default().to_string();
+            if let Some(previous) = last_seq.insert((connection, key.clone()), (*shard, *seq)) {
+                assert_eq!(previous.0, *shard, "one key, one shard");
+                assert!(previous.1 < *seq, "order within {key}");
+            }
+        }
+    });
+    server.stop();
+}
+
+#[test]
+fn a_batch_spanning_every_shard_and_core_is_answered_in_request_order() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        client.create_stream("wide", 8).await.expect("create");
+        let ranges = hash_ranges(8);
+        let records: Vec<PutEntry> = (0..500u32)
+            .map(|i| {
+                let (start, _) = ranges[(i % 8) as usize];
+                PutEntry {
+                    partition_key: Bytes::from(format!("k{i}")),
+                    data: Bytes::from(payload(u64::from(i), 64)),
+                    explicit_hash_key: Some(start + u128::from(i)),
+                }
+            })
+            .collect();
+        let results = client.put_records("wide", records).await.expect("put");
+        assert_eq!(results.len(), 500);
+        let description = client.describe_stream("wide").await.expect("describe");
+        let cores: std::collections::BTreeSet<u16> =
+            description.shards.iter().map(|s| s.owner_core).collect();
+        assert_eq!(cores.len(), 2, "the stream spans both cores");
+        let stored = read_all(&client, "wide").await;
+        for (i, result) in results.iter().enumerate() {
+            let (shard, seq) = result.as_ref().expect("accepted");
+            assert_eq!(
+                *shard,
+                i as u32 % 8,
+                "record {i} went to the shard holding its hash key"
+            );
+            assert_eq!(
+                stored[&(*shard, *seq)].1.as_ref(),
+                payload(i as u64, 64).as_slice()
+            );
+        }
+    });
+    server.stop();
+}
+
+#[test]
+fn limits_are_enforced_before_anything_is_appended() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        client.create_stream("limits", 1).await.expect("create");
+        fn status<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Status {
+            match result {
+                Err(ClientError::Server(error)) => error.status,
+                other => panic!("expected a server error, got {other:?}"),
+            }
+        }
+        let too_many: Vec<PutEntry> = (0..501).map(|_| entry("k", vec![1])).collect();
+        assert_eq!(
+            status(client.put_records("limits", too_many).await),
+            Status::LimitExceeded
+        );
+        let long_key = "x".repeat(257);
+        let mixed = vec![entry("ok", vec![1]), entry(&long_key, vec![2])];
+        assert_eq!(
+            status(client.put_records("limits", mixed).await),
+            Status::LimitExceeded
+        );
+        let empty_key = vec![entry("", vec![1])];
+        assert_eq!(
+            status(client.put_records("limits", empty_key).await),
+            Status::LimitExceeded
+        );
+        let big = vec![entry("k", vec![0; 1024 * 1024 + 1])];
+        assert_eq!(
+            status(client.put_records("limits", big).await),
+            Status::LimitExceeded
+        );
+        let heavy: Vec<PutEntry> = (0..6).map(|_| entry("k", vec![0; 1024 * 1024])).collect();
+        assert_eq!(
+            status(client.put_records("limits", heavy).await),
+            Status::LimitExceeded
+        );
+        assert_eq!(
+            status(client.put_records("nope", vec![entry("k", vec![1])]).await),
+            Status::StreamNotFound
+        );
+        assert_eq!(
+            status(client.create_stream("limits", 1).await),
+            Status::StreamExists
+        );
+        assert_eq!(
+            status(client.create_stream("bad name", 1).await),
+            Status::InvalidArgument
+        );
+        assert_eq!(
+            status(client.create_stream("zero", 0).await),
+            Status::InvalidArgument
+        );
+        // Nothing of the rejected puts was appended.
+        let description = client.describe_stream("limits").await.expect("describe");
+        assert_eq!(description.shards[0].tip_seq, 0);
+    });
+    server.stop();
+}
+
+#[test]
+fn restart_keeps_every_stream_and_record_and_delete_removes_them() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    let acked = run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        client.create_stream("kept", 3).await.expect("create");
+        client.create_stream("gone", 2).await.expect("create");
+        let mut acked = Vec::new();
+        for n in 0..10u64 {
+            let records: Vec<PutEntry> = (0..50)
+                .map(|i| entry(&format!("k{i}"), payload(n * 50 + i, 200)))
+                .collect();
+            let results = client.put_records("kept", records).await.expect("put");
+            for (i, r) in results.into_iter().enumerate() {
+                acked.push((r.expect("ok"), n * 50 + i as u64));
+            }
+        }
+        client.delete_stream("gone").await.expect("delete");
+        acked
+    });
+    server.stop();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        assert_eq!(
+            client.list_streams().await.expect("list"),
+            vec!["kept".to_string()]
+        );
+        let stored = read_all(&client, "kept").await;
+        assert_eq!(stored.len(), acked.len());
+        for ((shard, seq), n) in acked {
+            assert_eq!(stored[&(shard, seq)].1.as_ref(), payload(n, 200).as_slice());
+        }
+    });
+    let streams = std::fs::read_dir(dir.path().join("streams"))
+        .expect("streams")
+        .count();
+    assert_eq!(streams, 1, "the deleted stream's files are gone");
+    server.stop();
+}
+
+#[test]
+fn records_acknowledged_over_tcp_survive_sigkill() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    // Producers run on the executor thread and report acks through a std channel, so the
+    // test thread can kill the server while they are mid-stream.
+    let (tx, rx) = std::sync::mpsc::channel::<((u32, u64), u64)>();
+    let producer = std::thread::spawn(move || {
+        run(move || async move {
+            let client = Rc::new(Client::connect(addr).await.expect("connect"));
+            client.create_stream("durable", 4).await.expect("create");
+            let tasks = (0..4u64).map(|p| {
+                let client = client.clone();
+                let tx = tx.clone();
+                async move {
+                    for n in 0.. {
+                        let base = (p << 40) | (n * 100);
+                        let records: Vec<PutEntry> = (0..100)
+                            .map(|i| entry(&format!("p{p}-{i}"), payload(base + i, 150)))
+                            .collect();
+                        let Ok(results) = client.put_records("durable", records).await else {
+                            return;
+                        };
+                        for (i, r) in results.into_iter().enumerate() {
+                            if let Ok(at) = r
+                                && tx.send((at, base + i as u64)).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            futures::future::join_all(tasks).await;
+        })
+    });
+    let mut acked = Vec::new();
+    let started = Instant::now();
+    while acked.len() < 20_000 && started.elapsed() < Duration::from_secs(60) {
+        if let Ok(ack) = rx.recv_timeout(Duration::from_secs(10)) {
+            acked.push(ack);
+        }
+    }
+    server.kill();
+    let _ = producer.join();
+    acked.extend(rx.try_iter());
+    assert!(acked.len() >= 20_000, "only {} acknowledged", acked.len());
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        let stored = read_all(&client, "durable").await;
+        for ((shard, seq), n) in &acked {
+            let Some((_, data)) = stored.get(&(*shard, *seq)) else {
+                panic!("acknowledged record {shard}/{seq} lost");
+            };
+            assert_eq!(
+                data.as_ref(),
+                payload(*n, 150).as_slice(),
+                "record {shard}/{seq}"
+            );
+        }
+        eprintln!("{} acknowledged, {} recovered", acked.len(), stored.len());
+    });
+    server.stop();
+}
+
+fn raw_frame(kind: u8, version: u8, id: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&((body.len() + 12) as u32).to_le_bytes());
+    out.push(version);
+    out.push(kind);
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Reads one frame from a raw socket: its header and body, or None when it closed.
+fn read_frame(socket: &mut std::net::TcpStream) -> Option<(FrameHeader, Vec<u8>)> {
+    let mut head = [0u8; HEADER_BYTES];
+    socket.read_exact(&mut head).ok()?;
+    let header = FrameHeader::decode(&head, 1 << 30).ok()?;
+    let mut body = vec![0u8; header.frame_bytes - HEADER_BYTES];
+    socket.read_exact(&mut body).ok()?;
+    Some((header, body))
+}
+
+fn is_closed(socket: &mut std::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(socket.read(&mut byte), Ok(0) | Err(_))
+}
+
+#[test]
+fn bad_frames_get_clear_errors_and_leave_other_connections_alone() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    let healthy = std::thread::spawn(move || {
+        run(move || async move {
+            let client = Client::connect(addr).await.expect("connect");
+            client.create_stream("calm", 2).await.expect("create");
+            let mut acked = 0;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(3) {
+                let records = vec![entry("k", vec![7; 100]); 50];
+                let results = client
+                    .put_records("calm", records)
+                    .await
+                    .expect("healthy put");
+                acked += results.iter().filter(|r| r.is_ok()).count();
+            }
+            acked
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let timeout = Some(Duration::from_secs(5));
+    let connect = || {
+        let socket = std::net::TcpStream::connect(addr).expect("connect");
+        socket.set_read_timeout(timeout).expect("timeout");
+        socket
+    };
+
+    // An unknown operation gets an error and the connection stays usable.
+    let mut socket = connect();
+    socket
+        .write_all(&raw_frame(0x55, VERSION, 1, b""))
+        .expect("write");
+    let (header, body) = read_frame(&mut socket).expect("answer");
+    assert_eq!(
+        (header.request_id, header.status),
+        (1, Status::UnknownOperation as u16)
+    );
+    let error = binary::decode_error(header.status, Bytes::from(body)).expect("error body");
+    assert!(
+        error.message.contains("unknown operation"),
+        "{}",
+        error.message
+    );
+    let mut list = BytesMut::new();
+    Request::ListStreams.encode(2, &mut list);
+    socket.write_all(&list).expect("write");
+    let (header, _) = read_frame(&mut socket).expect("answer");
+    assert_eq!((header.request_id, header.status), (2, 0));
+
+    // A body that does not decode (a put announcing 2 records, carrying 1).
+    let mut body = Vec::new();
+    body.extend_from_slice(&4u16.to_le_bytes());
+    body.extend_from_slice(b"calm");
+    body.extend_from_slice(&2u16.to_le_bytes());
+    body.extend_from_slice(&[0, 1, 0, b'k', 1, 0, 0, 0, b'x']);
+    socket
+        .write_all(&raw_frame(Op::PutRecords as u8, VERSION, 3, &body))
+        .expect("write");
+    let (header, body) = read_frame(&mut socket).expect("answer");
+    assert_eq!(
+        (header.request_id, header.status),
+        (3, Status::Malformed as u16)
+    );
+    let error = binary::decode_error(header.status, Bytes::from(body)).expect("error body");
+    assert!(error.message.contains("truncated"), "{}", error.message);
+
+    // An oversized frame is refused before buffering, and its connection closed.
+    let mut socket = connect();
+    let mut huge = raw_frame(Op::PutRecords as u8, VERSION, 4, b"");
+    huge[..4].copy_from_slice(&(512u32 << 20).to_le_bytes());
+    socket.write_all(&huge).expect("write");
+    let (header, _) = read_frame(&mut socket).expect("answer");
+    assert_eq!(
+        (header.request_id, header.status),
+        (4, Status::FrameTooLarge as u16)
+    );
+    assert!(is_closed(&mut socket));
+
+    // Another protocol version.
+    let mut socket = connect();
+    socket
+        .write_all(&raw_frame(Op::ListStreams as u8, 9, 5, b""))
+        .expect("write");
+    let (header, _) = read_frame(&mut socket).expect("answer");
+    assert_eq!(
+        (header.request_id, header.status),
+        (5, Status::UnsupportedVersion as u16)
+    );
+    assert!(is_closed(&mut socket));
+
+    // A frame cut off mid-way, then the client goes away.
+    let mut socket = connect();
+    let frame = raw_frame(Op::ListStreams as u8, VERSION, 6, b"");
+    socket.write_all(&frame[..10]).expect("write");
+    drop(socket);
+
+    // Garbage bytes that are not a frame at all.
+    let mut socket = connect();
+    socket
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let answered = read_frame(&mut socket);
+    assert!(answered.is_some_and(|(h, _)| h.status != 0));
+    assert!(is_closed(&mut socket));
+
+    let acked = healthy.join().expect("healthy client");
+    assert!(acked > 0, "the healthy connection kept working");
+    server.stop();
+}
+
+#[test]
+fn subscribers_receive_records_as_they_become_durable() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        client.create_stream("live", 1).await.expect("create");
+        let subscription = client
+            .subscribe("live", 0, StartPosition::Latest)
+            .await
+            .expect("subscribe");
+        let producer = Client::connect(addr).await.expect("connect");
+        for n in 0..5u64 {
+            let records = (0..10)
+                .map(|i| entry("k", payload(n * 10 + i, 30)))
+                .collect();
+            producer.put_records("live", records).await.expect("put");
+        }
+        let mut seen = Vec::new();
+        while seen.len() < 50 {
+            let event = subscription.next().await.expect("event").expect("records");
+            seen.extend(event.records);
+        }
+        for (i, record) in seen.iter().enumerate() {
+            assert_eq!(record.seq, i as u64);
+            assert_eq!(record.data.as_ref(), payload(i as u64, 30).as_slice());
+        }
+        let missing = client.subscribe("live", 9, StartPosition::Latest).await;
+        assert!(
+            matches!(missing, Err(ClientError::Server(e)) if e.status == Status::ShardNotFound)
+        );
+    });
+    server.stop();
+}
