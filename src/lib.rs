@@ -23,6 +23,7 @@ pub mod client;
 pub mod commit;
 pub mod config;
 pub mod limits;
+pub mod load;
 pub mod log;
 pub mod net;
 pub mod protocol;

@@ -105,6 +105,60 @@ enum Command {
         #[arg(long)]
         ack_before_sync: bool,
     },
+    /// Generate load: put records as fast as possible or at a target rate, and report
+    /// throughput and latency percentiles (HdrHistogram).
+    ///
+    /// With --rate the load is open loop: each request has an intended send time and its
+    /// latency counts from then, so server stalls are not hidden (coordinated omission
+    /// corrected). Without it, the load is closed loop at the maximum rate. Writes a JSON
+    /// summary and an .hgrm percentile distribution.
+    Load {
+        /// The stream to put into; created with --shards when missing.
+        #[arg(long, default_value = "load")]
+        stream: String,
+        /// Shards of the stream when it is created.
+        #[arg(long, default_value_t = 4)]
+        shards: u32,
+        /// Payload bytes per record: N, or MIN..MAX for a uniform range.
+        #[arg(long, default_value = "100")]
+        record_bytes: String,
+        /// Distinct partition keys.
+        #[arg(long, default_value_t = 1000)]
+        keys: usize,
+        /// Draw keys from a Zipf distribution with this exponent (e.g. 1.0) instead of
+        /// uniformly.
+        #[arg(long)]
+        zipf: Option<f64>,
+        /// Records per put request (1..=500).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Connections, spread over the worker threads.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 8)]
+        in_flight: usize,
+        /// Target records per second over all connections (open loop); omit for maximum.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Seconds of load before measuring starts.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Worker threads, each pinned to a core (taken from the last core down).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Where to write the JSON summary.
+        #[arg(long, default_value = "load-summary.json")]
+        json: PathBuf,
+        /// Where to write the percentile distribution.
+        #[arg(long, default_value = "load-latency.hgrm")]
+        hgrm: PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// (testing) Append to a shard log forever, printing each durable acknowledgement.
     #[command(hide = true)]
     CrashWriter {
@@ -220,6 +274,57 @@ fn main() -> ExitCode {
             };
             run_log_bench(options)
         }
+        Command::Load {
+            stream,
+            shards,
+            record_bytes,
+            keys,
+            zipf,
+            batch,
+            connections,
+            in_flight,
+            rate,
+            duration,
+            warmup,
+            workers,
+            json,
+            hgrm,
+            server,
+        } => (|| {
+            let (min, max) = parse_record_bytes(&record_bytes)?;
+            if batch == 0 || batch > spate::limits::BATCH_RECORDS_MAX {
+                return Err(format!(
+                    "--batch must be 1..={}",
+                    spate::limits::BATCH_RECORDS_MAX
+                ));
+            }
+            let target =
+                spate::config::parse_addr("--server", &server.server).map_err(|e| e.to_string())?;
+            let options = spate::load::LoadOptions {
+                target,
+                stream,
+                shards,
+                record_bytes_min: min,
+                record_bytes_max: max,
+                keys,
+                zipf,
+                batch,
+                connections: connections.max(1),
+                in_flight: in_flight.max(1),
+                rate,
+                duration: std::time::Duration::from_secs(duration),
+                warmup: std::time::Duration::from_secs(warmup),
+                workers,
+            };
+            let report = spate::load::report::run(options.clone())?;
+            println!("{}", report.summary());
+            std::fs::write(&json, report.to_json(&options) + "\n")
+                .map_err(|e| format!("{}: {e}", json.display()))?;
+            std::fs::write(&hgrm, report.to_hgrm())
+                .map_err(|e| format!("{}: {e}", hgrm.display()))?;
+            eprintln!("load: wrote {} and {}", json.display(), hgrm.display());
+            Ok(())
+        })(),
         Command::CrashWriter {
             dir,
             segment_bytes,
@@ -242,6 +347,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_record_bytes(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("--record-bytes `{text}`: use N or MIN..MAX (at most 1 MiB)");
+    let (min, max) = match text.split_once("..") {
+        Some((min, max)) => (
+            min.parse().map_err(|_| bad())?,
+            max.parse().map_err(|_| bad())?,
+        ),
+        None => {
+            let n = text.parse().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    if min > max || max > spate::limits::RECORD_DATA_BYTES_MAX {
+        return Err(bad());
+    }
+    Ok((min, max))
 }
 
 fn command_args(command: StreamsCommand) -> cli::StreamsArgs {

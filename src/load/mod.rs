@@ -1,0 +1,320 @@
+//! `spate load`: the load generator. Drives the binary protocol from worker threads pinned
+//! with core_affinity, each a glommio executor with its share of the connections. Open loop
+//! at a target rate — every request has an intended send time, and its latency is measured
+//! from that time, so a stalled server is charged for every request it delayed
+//! (coordinated omission corrected) — or closed loop at the maximum rate, said as such.
+//! Latencies go into HdrHistograms, merged at the end; progress prints every second.
+//! Server errors are counted and shown, never retried.
+
+pub mod report;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+
+use crate::client::{Client, ClientError};
+use crate::protocol::binary::{PutEntry, Status};
+
+/// What `spate load` was asked to do.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub target: std::net::SocketAddr,
+    pub stream: String,
+    /// Shards of the stream when it has to be created.
+    pub shards: u32,
+    pub record_bytes_min: usize,
+    pub record_bytes_max: usize,
+    pub keys: usize,
+    pub zipf: Option<f64>,
+    pub batch: usize,
+    pub connections: usize,
+    pub in_flight: usize,
+    /// Records per second over all connections; `None` = as fast as acknowledgements come.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub workers: usize,
+}
+
+/// Counters shared by the workers and the progress printer.
+#[derive(Default)]
+pub struct Counters {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub throttled: AtomicU64,
+    pub rejected_records: AtomicU64,
+    /// Set while measuring (after the warm-up).
+    pub measuring: AtomicBool,
+    pub stop: AtomicBool,
+}
+
+/// What one worker measured.
+pub struct WorkerResult {
+    pub histogram: Histogram<u64>,
+    pub records: u64,
+    pub bytes: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// A source of partition keys: uniform, or Zipf-distributed over `keys` keys.
+pub struct KeyChooser {
+    keys: Vec<Bytes>,
+    cdf: Option<Vec<f64>>,
+    state: u64,
+}
+
+impl KeyChooser {
+    pub fn new(count: usize, zipf: Option<f64>, seed: u64) -> KeyChooser {
+        let keys = (0..count.max(1))
+            .map(|k| Bytes::from(format!("key-{k}")))
+            .collect();
+        let cdf = zipf.map(|s| {
+            let weights: Vec<f64> = (1..=count.max(1))
+                .map(|r| 1.0 / (r as f64).powf(s))
+                .collect();
+            let total: f64 = weights.iter().sum();
+            let mut acc = 0.0;
+            weights
+                .iter()
+                .map(|w| {
+                    acc += w / total;
+                    acc
+                })
+                .collect()
+        });
+        KeyChooser {
+            keys,
+            cdf,
+            state: seed | 1,
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+
+    pub fn next(&mut self) -> Bytes {
+        let r = self.next_u64();
+        let index = match &self.cdf {
+            None => (r % self.keys.len() as u64) as usize,
+            Some(cdf) => {
+                let u = (r >> 11) as f64 / (1u64 << 53) as f64;
+                cdf.partition_point(|&c| c < u).min(self.keys.len() - 1)
+            }
+        };
+        self.keys[index].clone()
+    }
+
+    /// A record size in `min..=max`.
+    pub fn size(&mut self, min: usize, max: usize) -> usize {
+        if max <= min {
+            min
+        } else {
+            min + (self.next_u64() % (max - min + 1) as u64) as usize
+        }
+    }
+}
+
+/// Runs one worker: `connections` connections on this thread's executor.
+pub async fn run_worker(
+    options: LoadOptions,
+    worker: usize,
+    connections: usize,
+    counters: Arc<Counters>,
+    start: Instant,
+) -> Result<WorkerResult, String> {
+    let payload = Bytes::from(
+        (0..options.record_bytes_max)
+            .map(|i| (i * 31 + 7) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let mut tasks = Vec::new();
+    let per_connection_rate = options
+        .rate
+        .map(|r| r / options.connections.max(1) as f64 / options.batch as f64);
+    for c in 0..connections {
+        let client = std::rc::Rc::new(
+            Client::connect(options.target)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        let options = options.clone();
+        let counters = counters.clone();
+        let payload = payload.clone();
+        let seed = ((worker as u64) << 32) | c as u64;
+        tasks.push(glommio::spawn_local(async move {
+            drive_connection(
+                client,
+                options,
+                per_connection_rate,
+                counters,
+                payload,
+                seed,
+                start,
+            )
+            .await
+        }));
+    }
+    let mut merged = WorkerResult {
+        histogram: new_histogram(),
+        records: 0,
+        bytes: 0,
+        requests: 0,
+        errors: 0,
+        first_error: None,
+    };
+    for task in tasks {
+        let result = task.await;
+        let _ = merged.histogram.add(&result.histogram);
+        merged.records += result.records;
+        merged.bytes += result.bytes;
+        merged.requests += result.requests;
+        merged.errors += result.errors;
+        merged.first_error = merged.first_error.or(result.first_error);
+    }
+    Ok(merged)
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // 1 us .. 1 hour, 3 significant digits: constant bounds that the crate accepts, so a
+    // failure here is a bug of ours, not something input can cause.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+struct Shared {
+    histogram: Histogram<u64>,
+    records: u64,
+    bytes: u64,
+    requests: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive_connection(
+    client: std::rc::Rc<Client>,
+    options: LoadOptions,
+    requests_per_s: Option<f64>,
+    counters: Arc<Counters>,
+    payload: Bytes,
+    seed: u64,
+    start: Instant,
+) -> WorkerResult {
+    let shared = std::rc::Rc::new(std::cell::RefCell::new(Shared {
+        histogram: new_histogram(),
+        records: 0,
+        bytes: 0,
+        requests: 0,
+        errors: 0,
+        first_error: None,
+    }));
+    let slots = std::rc::Rc::new(glommio::sync::Semaphore::new(options.in_flight as u64));
+    let mut chooser = KeyChooser::new(options.keys, options.zipf, seed);
+    let end = start + options.warmup + options.duration;
+    let interval = requests_per_s.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-9)));
+    let mut k: u64 = 0;
+    loop {
+        let now = Instant::now();
+        let intended = match interval {
+            Some(interval) => start + interval.mul_f64(k as f64),
+            None => now,
+        };
+        if intended >= end || counters.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if intended > now {
+            glommio::timer::sleep(intended - now).await;
+        }
+        k += 1;
+        let Ok(permit) = slots.clone().acquire_static_permit(1).await else {
+            break;
+        };
+        // Closed loop: the clock starts when a slot frees, not at a schedule.
+        let intended = if interval.is_some() {
+            intended
+        } else {
+            Instant::now()
+        };
+        let mut records = Vec::with_capacity(options.batch);
+        let mut bytes = 0u64;
+        for _ in 0..options.batch {
+            let size = chooser.size(options.record_bytes_min, options.record_bytes_max);
+            bytes += size as u64;
+            records.push(PutEntry {
+                partition_key: chooser.next(),
+                data: payload.slice(..size),
+                explicit_hash_key: None,
+            });
+        }
+        let client = client.clone();
+        let shared = shared.clone();
+        let counters = counters.clone();
+        let stream = options.stream.clone();
+        glommio::spawn_local(async move {
+            let result = client.put_records(&stream, records).await;
+            let latency_us = u64::try_from(intended.elapsed().as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let measuring = counters.measuring.load(Ordering::Relaxed);
+            let mut shared = shared.borrow_mut();
+            match result {
+                Ok(results) => {
+                    let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+                    let ok = results.len() as u64 - failed;
+                    if measuring {
+                        let _ = shared.histogram.record(latency_us);
+                        shared.records += ok;
+                        shared.bytes += bytes;
+                        shared.requests += 1;
+                        counters.records.fetch_add(ok, Ordering::Relaxed);
+                        counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+                        counters.requests.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .rejected_records
+                            .fetch_add(failed, Ordering::Relaxed);
+                    }
+                    if failed > 0 && shared.first_error.is_none() {
+                        shared.first_error = results
+                            .into_iter()
+                            .find_map(|r| r.err())
+                            .map(|e| e.to_string());
+                    }
+                }
+                Err(error) => {
+                    shared.errors += 1;
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    if matches!(&error, ClientError::Server(e) if e.status == Status::LimitExceeded)
+                    {
+                        counters.throttled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if shared.first_error.is_none() {
+                        shared.first_error = Some(error.to_string());
+                    }
+                }
+            }
+            drop(permit);
+        })
+        .detach();
+    }
+    // Wait for the requests still in flight.
+    let _ = slots.acquire(options.in_flight as u64).await;
+    let mut shared = shared.borrow_mut();
+    WorkerResult {
+        histogram: std::mem::replace(&mut shared.histogram, new_histogram()),
+        records: shared.records,
+        bytes: shared.bytes,
+        requests: shared.requests,
+        errors: shared.errors,
+        first_error: shared.first_error.take(),
+    }
+}

@@ -1,0 +1,88 @@
+//! `spate load` against a real server: it creates its stream, puts for the requested time,
+//! and writes a JSON summary and an .hgrm distribution that agree with what the server
+//! stored.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Server, run, temp_dir};
+use spate::client::Client;
+use spate::log::StartPosition;
+
+#[test]
+fn load_creates_its_stream_puts_and_reports_what_the_server_stored() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let out = temp_dir();
+    let json = out.path().join("summary.json");
+    let hgrm = out.path().join("latency.hgrm");
+    let status = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args([
+            "load",
+            "--stream",
+            "bench",
+            "--shards",
+            "2",
+            "--record-bytes",
+            "50..150",
+        ])
+        .args(["--batch", "100", "--connections", "2", "--in-flight", "4"])
+        .args([
+            "--rate",
+            "20000",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            "--server",
+        ])
+        .arg(server.addr.to_string())
+        .arg("--json")
+        .arg(&json)
+        .arg("--hgrm")
+        .arg(&hgrm)
+        .status()
+        .expect("run spate load");
+    assert!(status.success());
+    let summary = std::fs::read_to_string(&json).expect("summary");
+    let number = |field: &str| -> f64 {
+        let start = summary.find(&format!("\"{field}\":")).expect(field) + field.len() + 3;
+        let rest = &summary[start..];
+        let end = rest.find([',', '}']).expect("end");
+        rest[..end].parse().expect("number")
+    };
+    let records = number("records");
+    // Open loop at 20,000 records/s for 2 s: about 40,000 records, all acknowledged.
+    assert!((30_000.0..=44_000.0).contains(&records), "{summary}");
+    assert_eq!(number("errors"), 0.0);
+    assert!(summary.contains("open loop"), "{summary}");
+    let distribution = std::fs::read_to_string(&hgrm).expect("hgrm");
+    assert!(distribution.starts_with("       Value     Percentile"));
+    assert!(distribution.contains("#[Max"));
+    let addr = server.addr;
+    let stored = run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        let mut total = 0u64;
+        for shard in 0..2 {
+            let mut position = StartPosition::TrimHorizon;
+            loop {
+                let body = client
+                    .get_records("bench", shard, position, 10_000)
+                    .await
+                    .expect("read");
+                if body.records.is_empty() {
+                    break;
+                }
+                total += body.records.len() as u64;
+                position = StartPosition::AtSequence(body.next_seq);
+            }
+        }
+        total
+    });
+    assert_eq!(
+        stored as f64, records,
+        "the summary counts what the server stored"
+    );
+    server.stop();
+}
