@@ -103,7 +103,7 @@ impl KeyChooser {
         self.state
     }
 
-    pub fn next(&mut self) -> Bytes {
+    pub fn key(&mut self) -> Bytes {
         let r = self.next_u64();
         let index = match &self.cdf {
             None => (r % self.keys.len() as u64) as usize,
@@ -251,7 +251,7 @@ async fn drive_connection(
             let size = chooser.size(options.record_bytes_min, options.record_bytes_max);
             bytes += size as u64;
             records.push(PutEntry {
-                partition_key: chooser.next(),
+                partition_key: chooser.key(),
                 data: payload.slice(..size),
                 explicit_hash_key: None,
             });
