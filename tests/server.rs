@@ -495,3 +495,43 @@ fn subscribers_receive_records_as_they_become_durable() {
     });
     server.stop();
 }
+
+#[test]
+fn the_producer_batches_single_records_and_answers_each() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    run(move || async move {
+        let client = Rc::new(Client::connect(addr).await.expect("connect"));
+        client.create_stream("batched", 2).await.expect("create");
+        let producer = spate::client::Producer::new(
+            client.clone(),
+            "batched",
+            100,
+            Duration::from_millis(5),
+            4,
+        );
+        let sends: Vec<_> = (0..1_234u64)
+            .map(|i| {
+                producer.send(
+                    Bytes::from(format!("k{}", i % 7)),
+                    Bytes::from(payload(i, 40)),
+                )
+            })
+            .collect();
+        let results = futures::future::join_all(sends).await;
+        let stored = read_all(&client, "batched").await;
+        assert_eq!(stored.len(), 1_234);
+        for (i, result) in results.into_iter().enumerate() {
+            let (shard, seq) = result.expect("answered").expect("accepted");
+            assert_eq!(
+                stored[&(shard, seq)].1.as_ref(),
+                payload(i as u64, 40).as_slice()
+            );
+        }
+        // A lone record goes out when the linger time has passed.
+        let lone = producer.send(Bytes::from("lone"), Bytes::from("x"));
+        assert!(lone.await.expect("answered").is_ok());
+    });
+    server.stop();
+}

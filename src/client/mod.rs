@@ -4,6 +4,10 @@
 //! to its caller and each subscription event to its subscription. Runs inside a glommio
 //! executor, on one thread.
 
+pub mod producer;
+
+pub use producer::Producer;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
