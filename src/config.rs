@@ -27,6 +27,11 @@ pub enum ConfigError {
 pub struct Config {
     pub data_dir: PathBuf,
     pub binary_listen: SocketAddr,
+    /// The Kinesis HTTP API listener (HTTP/1.1 and HTTP/2 on one port).
+    pub http_listen: SocketAddr,
+    /// Region and account that stream ARNs name.
+    pub region: String,
+    pub account_id: String,
     /// Cores to run on; 0 = every online core.
     pub cores: usize,
     pub log: LogConfig,
@@ -52,6 +57,9 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./data"),
             binary_listen: SocketAddr::from(([127, 0, 0, 1], 4568)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 4567)),
+            region: "us-east-1".to_string(),
+            account_id: "000000000000".to_string(),
             cores: 0,
             log: LogConfig::default(),
             commit: CommitConfig::default(),
@@ -77,6 +85,9 @@ impl Default for NetConfig {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     binary_listen: Option<String>,
+    http_listen: Option<String>,
+    region: Option<String>,
+    account_id: Option<String>,
     cores: Option<usize>,
     log: Option<FileLog>,
     commit: Option<FileCommit>,
@@ -145,6 +156,15 @@ impl Config {
         if let Some(listen) = file.binary_listen {
             config.binary_listen = parse_addr("binary_listen", &listen)?;
         }
+        if let Some(listen) = file.http_listen {
+            config.http_listen = parse_addr("http_listen", &listen)?;
+        }
+        if let Some(region) = file.region {
+            config.region = region;
+        }
+        if let Some(account) = file.account_id {
+            config.account_id = account;
+        }
         if let Some(cores) = file.cores {
             config.cores = cores;
         }
@@ -201,6 +221,20 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first key out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(
+                "account_id",
+                "must be 12 digits, as in an AWS account id",
+            ));
+        }
+        if self.region.is_empty()
+            || !self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(invalid("region", "must look like us-east-1"));
+        }
         let segment = limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX;
         if !segment.contains(&self.log.segment_bytes) {
             return Err(invalid(

@@ -119,3 +119,19 @@ pub const STREAM_NAME_BYTES_MAX: usize = 128;
 pub const READ_WAIT_US_MAX: u64 = 5_000_000;
 
 const _: () = assert!(FRAME_BYTES_MIN <= FRAME_BYTES_MAX);
+
+/// Largest HTTP request head (request line and headers), in bytes. Source: our own; AWS
+/// SDK requests carry a few hundred bytes of headers, a SigV4 header about 250.
+pub const HTTP_HEAD_BYTES_MAX: usize = 64 * 1024;
+
+/// Largest HTTP request body, in bytes: a maximal PutRecords (5 MiB of data, base64 grows
+/// it by 4/3) with its JSON framing fits. Source: our own; kinesalite allows 7 MiB.
+pub const HTTP_BODY_BYTES_MAX: usize = 10 * 1024 * 1024;
+
+/// Concurrent HTTP/2 streams per connection. Source: our own, as for binary in-flight.
+pub const HTTP2_STREAMS_MAX: u32 = 128;
+
+/// How long a shard iterator stays valid, in milliseconds. Source: Kinesis (5 minutes).
+pub const ITERATOR_TTL_MS: u64 = 300_000;
+
+const _: () = assert!(BATCH_BYTES_MAX / 3 * 4 + 1024 * 1024 <= HTTP_BODY_BYTES_MAX);

@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: data in ./data, binary protocol on 127.0.0.1:4568, every core.
+    /// Run the server: data in ./data, binary protocol on 127.0.0.1:4568, Kinesis API on
+    /// http://127.0.0.1:4567, every core.
     ///
     /// Runs on embedded defaults with no file at all; `--config` reads a file like
     /// config/spate.toml (every key documented there), and the flags below override both.
@@ -32,6 +33,9 @@ enum Command {
         /// Address of the binary protocol listener, e.g. 127.0.0.1:4568 (port 0: any).
         #[arg(long)]
         listen: Option<String>,
+        /// Address of the Kinesis HTTP API listener, e.g. 127.0.0.1:4567 (port 0: any).
+        #[arg(long)]
+        http_listen: Option<String>,
         /// Cores to run on (0: every online core).
         #[arg(long)]
         cores: Option<usize>,
@@ -222,8 +226,9 @@ fn main() -> ExitCode {
             config,
             data_dir,
             listen,
+            http_listen,
             cores,
-        } => serve(config, data_dir, listen, cores),
+        } => serve(config, data_dir, listen, http_listen, cores),
         Command::Streams(command) => cli::streams(command_args(command)),
         Command::Put {
             stream,
@@ -396,6 +401,7 @@ fn serve(
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     listen: Option<String>,
+    http_listen: Option<String>,
     cores: Option<usize>,
 ) -> Result<(), String> {
     let mut config = match config {
@@ -408,6 +414,10 @@ fn serve(
     if let Some(listen) = listen {
         config.binary_listen =
             spate::config::parse_addr("--listen", &listen).map_err(|e| e.to_string())?;
+    }
+    if let Some(listen) = http_listen {
+        config.http_listen =
+            spate::config::parse_addr("--http-listen", &listen).map_err(|e| e.to_string())?;
     }
     if let Some(cores) = cores {
         config.cores = cores;

@@ -4,6 +4,8 @@
 //! concurrently, and writing responses in the order they finish. A malformed frame closes
 //! only its own connection. Runs on the core that accepted the connection.
 
+pub mod http;
+
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;

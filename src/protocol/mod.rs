@@ -2,3 +2,4 @@
 //! own framed protocol; the Kinesis JSON API will sit beside it.
 
 pub mod binary;
+pub mod kinesis;

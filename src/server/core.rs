@@ -19,7 +19,11 @@ use crate::config::Config;
 use crate::limits::READ_WAIT_US_MAX;
 use crate::log::{AppendAck, AppendError, LogConfig, RecordIn, ShardLog, StartPosition};
 use crate::protocol::binary::{RecordsBody, Response, Status, WireError};
+use crate::protocol::kinesis::iterator::IteratorKey;
 use crate::server::controller::{ControlRequest, Controller};
+
+/// Deepest JSON nesting a Kinesis request may have; Kinesis bodies nest three levels.
+pub const JSON_DEPTH_MAX: usize = 32;
 
 /// How soon a core looks at messages from other cores while busy.
 pub const MESH_LATENCY: Duration = Duration::from_micros(200);
@@ -53,6 +57,12 @@ pub enum CoreRequest {
         bytes_max: u32,
         wait_us: u64,
     },
+    /// The sequence number a start position stands for, on a shard the target owns.
+    Resolve {
+        stream_id: u64,
+        shard: u32,
+        position: StartPosition,
+    },
     /// Trim horizon and tip of shards the target owns.
     Tips { stream_id: u64, shards: Vec<u32> },
     /// A catalog change, for the controller (core 0).
@@ -69,6 +79,7 @@ pub enum CoreReply {
     Appended(Vec<Result<AppendAck, WireError>>),
     Read(Result<RecordsBody, WireError>),
     Tips(Vec<(u32, u64, u64)>),
+    Resolved(Result<u64, WireError>),
     Control(Result<Response, WireError>),
     Applied(Result<(), String>),
 }
@@ -87,6 +98,11 @@ pub struct Core {
     /// Present on core 0 only.
     pub controller: Option<Controller>,
     pub connections: Cell<usize>,
+    /// Seals and opens Kinesis shard iterators.
+    pub iterator_key: IteratorKey,
+    /// simd-json's scratch buffers, reused by every Kinesis request on this core.
+    json_buffers: RefCell<simd_json::Buffers>,
+    request_number: Cell<u64>,
     /// Callers waiting for the first catalog (a core serves nothing before it has one).
     ready: RefCell<Option<Vec<oneshot::Sender<()>>>>,
 }
@@ -98,6 +114,7 @@ impl Core {
         config: Config,
         senders: Senders<CoreMessage>,
         controller: Option<Controller>,
+        iterator_key: [u8; 32],
     ) -> Rc<Core> {
         let committer = Committer::start(config.commit.clone());
         Rc::new(Core {
@@ -113,7 +130,23 @@ impl Core {
             controller,
             connections: Cell::new(0),
             ready: RefCell::new(Some(Vec::new())),
+            iterator_key: IteratorKey::new(iterator_key),
+            json_buffers: RefCell::new(simd_json::Buffers::with_max_depth(4096, JSON_DEPTH_MAX)),
+            request_number: Cell::new(0),
         })
+    }
+
+    /// Runs `parse` with this core's simd-json buffers. The parse is synchronous, so one
+    /// set of buffers serves every request on the core.
+    pub fn json_buffers<T>(&self, parse: impl FnOnce(&mut simd_json::Buffers) -> T) -> T {
+        parse(&mut self.json_buffers.borrow_mut())
+    }
+
+    /// A number for the next request id on this core.
+    pub fn next_request_number(&self) -> u64 {
+        let n = self.request_number.get();
+        self.request_number.set(n + 1);
+        n
     }
 
     /// Resolves once this core has adopted its first catalog and opened its shards.
@@ -228,6 +261,18 @@ impl Core {
                     .read_local(stream_id, shard, position, limit, bytes_max, wait_us)
                     .await;
                 CoreReply::Read(read)
+            }
+            CoreRequest::Resolve {
+                stream_id,
+                shard,
+                position,
+            } => {
+                let log = self.shards.borrow().get(&(stream_id, shard)).cloned();
+                let resolved = match log {
+                    Some(log) => log.resolve(position).await.map_err(read_error),
+                    None => Err(not_owned(shard)),
+                };
+                CoreReply::Resolved(resolved)
             }
             CoreRequest::Tips { stream_id, shards } => {
                 let owned = self.shards.borrow();

@@ -55,6 +55,11 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         message: e.to_string(),
     })?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    let iterator_key = crate::protocol::kinesis::iterator::load_or_create_key(&config.data_dir)
+        .map_err(|message| ServeError::DataDir {
+            path: config.data_dir.display().to_string(),
+            message,
+        })?;
     let cpus: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|c| c.id).collect())
         .unwrap_or_else(|| (0..num_cpus()).collect());
@@ -64,11 +69,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         config.cores
     };
     let listeners = bind_listeners(config.binary_listen, cores)?;
-    let bound = listeners
-        .first()
-        .and_then(|s| s.local_addr().ok())
-        .and_then(|a| a.as_socket())
-        .unwrap_or(config.binary_listen);
+    let http_listeners = bind_listeners(config.http_listen, cores)?;
+    let bound = bound_address(&listeners, config.binary_listen);
+    let http_bound = bound_address(&http_listeners, config.http_listen);
     let io_memory = runtime::io_memory_per_executor(cores);
     tracing::info!(
         cores,
@@ -94,11 +97,12 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     }
     let mesh = MeshBuilder::<CoreMessage, _>::full(cores, config.net.core_channel_messages);
     let mut handles = Vec::new();
-    for (id, socket) in listeners.into_iter().enumerate() {
+    for (id, (socket, http_socket)) in listeners.into_iter().zip(http_listeners).enumerate() {
         let config = config.clone();
         let mesh = mesh.clone();
         let stopping = stopping.clone();
         let fd = socket.into_raw_fd();
+        let http_fd = http_socket.into_raw_fd();
         let cpu = cpus.get(id % cpus.len().max(1)).copied();
         let builder = runtime::executor_builder(&format!("core-{id}"), cpu, cores);
         let handle = builder
@@ -106,7 +110,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
                 // SAFETY: `fd` is a bound, listening socket whose ownership we took with
                 // into_raw_fd above; nothing else closes it.
                 let listener = unsafe { TcpListener::from_raw_fd(fd) };
-                run_core(id, cores, config, mesh, listener, stopping).await
+                // SAFETY: as above, for the HTTP socket.
+                let http_listener = unsafe { TcpListener::from_raw_fd(http_fd) };
+                let listeners = (listener, http_listener);
+                run_core(id, cores, config, mesh, listeners, stopping, iterator_key).await
             })
             .map_err(|e| runtime::RuntimeError::Uring {
                 reason: e.to_string(),
@@ -114,7 +121,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         handles.push(handle);
     }
     // One line on stdout that scripts and tests can wait for.
-    println!("spate: serving the binary protocol on {bound} with {cores} cores");
+    println!(
+        "spate: serving the binary protocol on {bound} and the Kinesis API on http://{http_bound} with {cores} cores"
+    );
     let mut failure = None;
     for (core, handle) in handles.into_iter().enumerate() {
         match handle.join() {
@@ -142,8 +151,9 @@ async fn run_core(
     cores: usize,
     config: Config,
     mesh: MeshBuilder<CoreMessage, glommio::channels::channel_mesh::Full>,
-    listener: TcpListener,
+    (listener, http_listener): (TcpListener, TcpListener),
     stopping: Arc<AtomicBool>,
+    iterator_key: [u8; 32],
 ) -> Result<(), String> {
     let (senders, receivers) = mesh
         .join()
@@ -158,7 +168,7 @@ async fn run_core(
     } else {
         None
     };
-    let core = Core::new(id, cores, config, senders, controller);
+    let core = Core::new(id, cores, config, senders, controller, iterator_key);
     core.listen_to_peers(receivers);
     if let Some(controller) = &core.controller {
         controller.publish(&core, Vec::new()).await?;
@@ -185,7 +195,13 @@ async fn run_core(
         }
     })
     .detach();
+    let http = glommio::spawn_local(net::http::accept_loop(
+        core.clone(),
+        http_listener,
+        local_stop.clone(),
+    ));
     net::accept_loop(core.clone(), listener, local_stop).await;
+    http.await;
     let _ = watcher.await;
     tracing::info!(
         core = id,
@@ -214,6 +230,14 @@ fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<Socket>, ServeEr
         sockets.push(socket);
     }
     Ok(sockets)
+}
+
+fn bound_address(sockets: &[Socket], asked: SocketAddr) -> SocketAddr {
+    sockets
+        .first()
+        .and_then(|s| s.local_addr().ok())
+        .and_then(|a| a.as_socket())
+        .unwrap_or(asked)
 }
 
 fn listen_socket(addr: SocketAddr) -> std::io::Result<Socket> {

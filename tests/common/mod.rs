@@ -118,6 +118,8 @@ pub fn temp_dir() -> tempfile::TempDir {
 /// A real `spate serve` process on a free loopback port with its own data folder.
 pub struct Server {
     pub addr: std::net::SocketAddr,
+    /// The Kinesis API endpoint URL, http://127.0.0.1:PORT.
+    pub endpoint: String,
     pub data_dir: std::path::PathBuf,
     child: Option<std::process::Child>,
 }
@@ -134,6 +136,8 @@ impl Server {
             .args([
                 "serve",
                 "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
                 "127.0.0.1:0",
                 "--cores",
                 "2",
@@ -154,8 +158,14 @@ impl Server {
             .split_whitespace()
             .find_map(|word| word.parse().ok())
             .unwrap_or_else(|| panic!("server did not start: {line:?}"));
+        let endpoint = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+            .to_string();
         Server {
             addr,
+            endpoint,
             data_dir: data_dir.to_path_buf(),
             child: Some(child),
         }

@@ -1,0 +1,170 @@
+//! The HTTP listener of each core: HTTP/1.1 with keep-alive and HTTP/2 (including
+//! cleartext prior-knowledge h2c) on the same port, served by hyper over glommio sockets.
+//! Owns the socket adapter between glommio and hyper, the per-connection limits and the
+//! idle timeout; the Kinesis API behind it is in [`crate::protocol::kinesis`]. Runs on the
+//! core that accepted the connection.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::io::{AsyncRead, AsyncWrite};
+use glommio::net::{TcpListener, TcpStream};
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::server::conn::auto;
+
+use crate::protocol::kinesis;
+use crate::server::core::Core;
+
+/// A connection with no bytes in either direction for this long is closed, so idle and
+/// stalled clients cannot hold connections (and their memory) for ever.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Accepts HTTP connections until `stopping` is set.
+pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, stopping: Rc<Cell<bool>>) {
+    let listener = Rc::new(listener);
+    while !stopping.get() {
+        let accept = async { Some(listener.accept().await) };
+        let tick = async {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            None
+        };
+        let Some(accepted) = futures_lite::future::or(accept, tick).await else {
+            continue;
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(core = core.id, %error, "http accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if core.connections.get() >= core.config.net.connections_per_core_max {
+            drop(stream);
+            continue;
+        }
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            core.connections.set(core.connections.get() + 1);
+            serve(core.clone(), stream).await;
+            core.connections.set(core.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let last_activity = Rc::new(Cell::new(Instant::now()));
+    let io = HyperIo {
+        stream,
+        last_activity: last_activity.clone(),
+    };
+    let service_core = core.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let core = service_core.clone();
+        async move { Ok::<_, std::convert::Infallible>(kinesis::handle(&core, request).await) }
+    });
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .keep_alive(true)
+        .max_buf_size(crate::limits::HTTP_HEAD_BYTES_MAX);
+    builder
+        .http2()
+        .max_concurrent_streams(crate::limits::HTTP2_STREAMS_MAX)
+        .max_frame_size(16 * 1024)
+        .max_header_list_size(crate::limits::HTTP_HEAD_BYTES_MAX as u32);
+    let connection = builder.serve_connection(io, service);
+    let idle = async {
+        loop {
+            glommio::timer::sleep(IDLE_TIMEOUT / 4).await;
+            if last_activity.get().elapsed() >= IDLE_TIMEOUT {
+                return;
+            }
+        }
+    };
+    let served = async {
+        if let Err(error) = connection.await {
+            tracing::debug!(core = core.id, %error, "http connection ended with an error");
+        }
+    };
+    futures_lite::future::or(served, idle).await;
+}
+
+/// Spawns hyper's HTTP/2 stream tasks on the current glommio executor.
+#[derive(Clone, Copy)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, future: F) {
+        glommio::spawn_local(future).detach();
+    }
+}
+
+/// glommio's socket, seen through hyper's I/O traits. Notes the time of every transfer
+/// for the idle timeout.
+struct HyperIo {
+    stream: TcpStream,
+    last_activity: Rc<Cell<Instant>>,
+}
+
+impl Read for HyperIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        // SAFETY: we only write initialised bytes into the cursor's unfilled part: it is
+        // zeroed first, then read into, and `advance` counts only the bytes read.
+        let unfilled = unsafe { buf.as_mut() };
+        for byte in unfilled.iter_mut() {
+            byte.write(0);
+        }
+        // SAFETY: every byte of `unfilled` was initialised just above.
+        let slice = unsafe { &mut *(std::ptr::from_mut(unfilled) as *mut [u8]) };
+        match Pin::new(&mut self.stream).poll_read(cx, slice) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.last_activity.set(Instant::now());
+                }
+                // SAFETY: the stream wrote `n` bytes into the cursor's unfilled part.
+                unsafe { buf.advance(n) };
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Write for HyperIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result
+            && *n > 0
+        {
+            self.last_activity.set(Instant::now());
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_close(cx)
+    }
+}

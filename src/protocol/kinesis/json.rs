@@ -1,0 +1,288 @@
+//! JSON in and out for the Kinesis API. In: typed accessors over a simd-json borrowed
+//! document, each failing with the Kinesis error a client expects (a wrong type is a
+//! `SerializationException`, a missing required member a `ValidationException`). Out: a
+//! small writer, so responses are built straight into one buffer without serde.
+
+use simd_json::BorrowedValue;
+use simd_json::prelude::*;
+
+use crate::protocol::kinesis::errors::KinesisError;
+
+/// The request document: a JSON object.
+pub struct Input<'a, 'v> {
+    object: &'a BorrowedValue<'v>,
+}
+
+impl<'a, 'v> Input<'a, 'v> {
+    /// # Errors
+    /// `SerializationException` when the document is not an object.
+    pub fn new(value: &'a BorrowedValue<'v>) -> Result<Input<'a, 'v>, KinesisError> {
+        if value.as_object().is_none() {
+            return Err(KinesisError::serialization(
+                "Request body must be a JSON object",
+            ));
+        }
+        Ok(Input { object: value })
+    }
+
+    fn member(&self, name: &str) -> Option<&'a BorrowedValue<'v>> {
+        self.object.get(name).filter(|v| !v.is_null())
+    }
+
+    /// # Errors
+    /// `SerializationException` when present but not a string.
+    pub fn str(&self, name: &str) -> Result<Option<&'a str>, KinesisError> {
+        match self.member(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| type_error(name, "string")),
+        }
+    }
+
+    /// # Errors
+    /// `ValidationException` when missing; `SerializationException` when not a string.
+    pub fn required_str(&self, name: &str) -> Result<&'a str, KinesisError> {
+        self.str(name)?.ok_or_else(|| missing(name))
+    }
+
+    /// # Errors
+    /// `SerializationException` when present but not an integer.
+    pub fn int(&self, name: &str) -> Result<Option<i64>, KinesisError> {
+        match self.member(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| type_error(name, "integer")),
+        }
+    }
+
+    /// A timestamp in epoch seconds (integer or fraction), as microseconds.
+    ///
+    /// # Errors
+    /// `SerializationException` when present but not a number.
+    pub fn timestamp_us(&self, name: &str) -> Result<Option<u64>, KinesisError> {
+        match self.member(name) {
+            None => Ok(None),
+            Some(value) => {
+                let seconds = value
+                    .as_f64()
+                    .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e11)
+                    .ok_or_else(|| type_error(name, "timestamp"))?;
+                Ok(Some((seconds * 1e6).round() as u64))
+            }
+        }
+    }
+
+    /// # Errors
+    /// `SerializationException` when present but not an object.
+    pub fn object(&self, name: &str) -> Result<Option<Input<'a, 'v>>, KinesisError> {
+        match self.member(name) {
+            None => Ok(None),
+            Some(value) if value.as_object().is_some() => Ok(Some(Input { object: value })),
+            Some(_) => Err(type_error(name, "structure")),
+        }
+    }
+
+    /// # Errors
+    /// `SerializationException` when present but not a list.
+    pub fn array(&self, name: &str) -> Result<Option<&'a [BorrowedValue<'v>]>, KinesisError> {
+        match self.member(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_array()
+                .map(|a| Some(a.as_slice()))
+                .ok_or_else(|| type_error(name, "list")),
+        }
+    }
+}
+
+fn type_error(name: &str, expected: &str) -> KinesisError {
+    KinesisError::serialization(format!("Member {name} must be a {expected}"))
+}
+
+fn missing(name: &str) -> KinesisError {
+    let path = lower_camel(name);
+    KinesisError::validation(format!(
+        "1 validation error detected: Value null at '{path}' failed to satisfy constraint: Member must not be null"
+    ))
+}
+
+/// `StreamName` → `streamName`, as AWS names members in validation messages.
+pub fn lower_camel(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// A JSON writer into one growing buffer.
+#[derive(Default)]
+pub struct Out {
+    buffer: Vec<u8>,
+    /// Whether the next member or element needs a comma before it, per nesting level.
+    first: Vec<bool>,
+}
+
+impl Out {
+    pub fn with_capacity(capacity: usize) -> Out {
+        Out {
+            buffer: Vec::with_capacity(capacity),
+            first: Vec::new(),
+        }
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buffer
+    }
+
+    fn separator(&mut self) {
+        if let Some(first) = self.first.last_mut() {
+            if !*first {
+                self.buffer.push(b',');
+            }
+            *first = false;
+        }
+    }
+
+    fn key(&mut self, key: &str) {
+        self.separator();
+        self.string_raw(key);
+        self.buffer.push(b':');
+    }
+
+    pub fn begin_object(&mut self) -> &mut Out {
+        self.separator();
+        self.buffer.push(b'{');
+        self.first.push(true);
+        self
+    }
+
+    pub fn object(&mut self, key: &str) -> &mut Out {
+        self.key(key);
+        self.buffer.push(b'{');
+        self.first.push(true);
+        self
+    }
+
+    pub fn end_object(&mut self) -> &mut Out {
+        self.first.pop();
+        self.buffer.push(b'}');
+        self
+    }
+
+    pub fn array(&mut self, key: &str) -> &mut Out {
+        self.key(key);
+        self.buffer.push(b'[');
+        self.first.push(true);
+        self
+    }
+
+    pub fn end_array(&mut self) -> &mut Out {
+        self.first.pop();
+        self.buffer.push(b']');
+        self
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Out {
+        self.key(key);
+        self.string_raw(value);
+        self
+    }
+
+    /// A string element of an array.
+    pub fn item_str(&mut self, value: &str) -> &mut Out {
+        self.separator();
+        self.string_raw(value);
+        self
+    }
+
+    pub fn int(&mut self, key: &str, value: i64) -> &mut Out {
+        self.key(key);
+        self.buffer.extend_from_slice(value.to_string().as_bytes());
+        self
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Out {
+        self.key(key);
+        self.buffer
+            .extend_from_slice(if value { b"true" } else { b"false" });
+        self
+    }
+
+    /// A timestamp as epoch seconds with a millisecond fraction, never in exponent form
+    /// (the Java SDK cannot parse `1.7E9`).
+    pub fn timestamp(&mut self, key: &str, micros: u64) -> &mut Out {
+        self.key(key);
+        let millis = micros / 1000;
+        let text = format!("{}.{:03}", millis / 1000, millis % 1000);
+        self.buffer.extend_from_slice(text.as_bytes());
+        self
+    }
+
+    /// Base64 of `data` as a string member.
+    pub fn base64(&mut self, key: &str, data: &[u8]) -> &mut Out {
+        self.key(key);
+        self.buffer.push(b'"');
+        let start = self.buffer.len();
+        let length = base64_simd::STANDARD.encoded_length(data.len());
+        self.buffer.resize(start + length, 0);
+        let target = base64_simd::Out::from_slice(&mut self.buffer[start..]);
+        let _ = base64_simd::STANDARD.encode(data, target);
+        self.buffer.push(b'"');
+        self
+    }
+
+    fn string_raw(&mut self, value: &str) {
+        self.buffer.push(b'"');
+        for &byte in value.as_bytes() {
+            match byte {
+                b'"' => self.buffer.extend_from_slice(b"\\\""),
+                b'\\' => self.buffer.extend_from_slice(b"\\\\"),
+                b'\n' => self.buffer.extend_from_slice(b"\\n"),
+                b'\r' => self.buffer.extend_from_slice(b"\\r"),
+                b'\t' => self.buffer.extend_from_slice(b"\\t"),
+                0..=0x1f => {
+                    self.buffer
+                        .extend_from_slice(format!("\\u{byte:04x}").as_bytes());
+                }
+                _ => self.buffer.push(byte),
+            }
+        }
+        self.buffer.push(b'"');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_makes_json_that_parses_back() {
+        let mut out = Out::default();
+        out.begin_object()
+            .str("Name", "a\"b\\c\n\u{1}")
+            .int("Count", -3)
+            .bool("More", false)
+            .timestamp("At", 1_700_000_000_123_456)
+            .base64("Data", b"hello")
+            .array("List")
+            .item_str("x")
+            .item_str("y")
+            .end_array()
+            .object("Inner")
+            .end_object()
+            .end_object();
+        let mut bytes = out.into_bytes();
+        let text = String::from_utf8(bytes.clone()).expect("utf8");
+        assert!(text.contains("\"At\":1700000000.123"), "{text}");
+        let value = simd_json::to_borrowed_value(&mut bytes).expect("valid JSON");
+        let input = Input::new(&value).expect("object");
+        assert_eq!(input.str("Name").ok().flatten(), Some("a\"b\\c\n\u{1}"));
+        assert_eq!(input.str("Data").ok().flatten(), Some("aGVsbG8="));
+        assert_eq!(input.int("Count").ok().flatten(), Some(-3));
+    }
+}

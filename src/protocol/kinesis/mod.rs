@@ -1,0 +1,164 @@
+//! The Kinesis Data Streams API (JSON 1.1) on the HTTP port, so AWS SDKs, the AWS CLI and
+//! boto3 work with only an endpoint URL changed. Owns reading the request (target header,
+//! content type, bounded body, simd-json parse), dispatching to the operation, and the AWS
+//! response and error shapes (`__type`, `message`, `x-amzn-ErrorType`,
+//! `x-amzn-RequestId`). Also answers `GET /health`. Runs on the core holding the
+//! connection.
+//!
+//! CBOR (`application/x-amz-cbor-1.1`, the Java SDKs' default) is refused with a clear
+//! error naming the switch that makes those SDKs send JSON.
+
+pub mod errors;
+pub mod iterator;
+pub mod json;
+mod operations;
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::limits::HTTP_BODY_BYTES_MAX;
+use crate::protocol::kinesis::errors::KinesisError;
+use crate::server::core::Core;
+
+const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+const TARGET_PREFIX: &str = "Kinesis_20131202.";
+
+/// Serves one HTTP request.
+pub async fn handle(core: &Rc<Core>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let request_id = request_id(core);
+    if request.method() == Method::GET && request.uri().path() == "/health" {
+        return plain(StatusCode::OK, "ok\n", &request_id);
+    }
+    let result = serve(core, request).await;
+    let (status, body) = match result {
+        Ok(body) => (StatusCode::OK, body),
+        Err(error) => {
+            let mut response = error_response(&error, &request_id);
+            if error.status >= 500 {
+                tracing::error!(kind = error.kind, message = %error.message, "kinesis request failed");
+            }
+            response
+                .headers_mut()
+                .insert("x-amzn-RequestId", header_value(&request_id));
+            return response;
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
+    headers.insert("x-amzn-RequestId", header_value(&request_id));
+    response
+}
+
+async fn serve(core: &Rc<Core>, request: Request<Incoming>) -> Result<Vec<u8>, KinesisError> {
+    if request.method() != Method::POST {
+        return Err(KinesisError::access_denied(
+            "Kinesis API requests are POST / with an X-Amz-Target header",
+        ));
+    }
+    let headers = request.headers();
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/x-amz-cbor") {
+        return Err(KinesisError::serialization(
+            "spate speaks the Kinesis JSON protocol only; make the Java SDK send JSON with \
+             AWS_CBOR_DISABLE=1 (SDK v1) or aws.cborEnabled=false / AWS_CBOR_ENABLED=false (SDK v2)",
+        ));
+    }
+    let operation = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.strip_prefix(TARGET_PREFIX))
+        .map(str::to_string)
+        .ok_or_else(|| KinesisError::unknown_operation("Missing or unknown X-Amz-Target"))?;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > HTTP_BODY_BYTES_MAX as u64) {
+        return Err(KinesisError::too_large(format!(
+            "Request body of {} bytes exceeds the limit of {HTTP_BODY_BYTES_MAX}",
+            declared.unwrap_or_default()
+        )));
+    }
+    let body = Limited::new(request.into_body(), HTTP_BODY_BYTES_MAX)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                KinesisError::too_large(format!("Request body exceeds {HTTP_BODY_BYTES_MAX} bytes"))
+            } else {
+                KinesisError::serialization(format!("Could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if body.is_empty() {
+        return Err(KinesisError::serialization(
+            "Request body is empty; send {} at least",
+        ));
+    }
+    // simd-json parses in place, so it needs a mutable copy of the body.
+    let mut document = body.to_vec();
+    let value = core
+        .json_buffers(|buffers| simd_json::to_borrowed_value_with_buffers(&mut document, buffers))
+        .map_err(|e| KinesisError::serialization(format!("Request body is not valid JSON: {e}")))?;
+    let input = json::Input::new(&value)?;
+    operations::dispatch(core, &operation, &input).await
+}
+
+fn error_response(error: &KinesisError, request_id: &str) -> Response<Full<Bytes>> {
+    let mut out = json::Out::with_capacity(64 + error.message.len());
+    // SerializationException spells its message member with a capital M, as AWS does.
+    let message_key = if error.kind == "SerializationException" {
+        "Message"
+    } else {
+        "message"
+    };
+    out.begin_object()
+        .str("__type", error.kind)
+        .str(message_key, &error.message)
+        .end_object();
+    let mut response = Response::new(Full::new(Bytes::from(out.into_bytes())));
+    *response.status_mut() =
+        StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
+    headers.insert("x-amzn-ErrorType", HeaderValue::from_static(error.kind));
+    headers.insert("x-amzn-RequestId", header_value(request_id));
+    response
+}
+
+fn plain(status: StatusCode, text: &'static str, request_id: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("x-amzn-RequestId", header_value(request_id));
+    response
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// A request id in the UUID layout: the core, a per-core counter and the time.
+fn request_id(core: &Core) -> String {
+    let n = core.next_request_number();
+    let now = crate::tools::now_us();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        (now >> 16) as u32,
+        (now & 0xffff) as u16,
+        core.id & 0xfff,
+        (n >> 48) & 0xfff,
+        n & 0xffff_ffff_ffff
+    )
+}

@@ -1,0 +1,866 @@
+//! The Kinesis operations spate serves, each reading its members from the request
+//! document and writing the AWS response shape. Validation happens here, before anything is
+//! appended, with the exception names and messages AWS uses.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use simd_json::BorrowedValue;
+use simd_json::prelude::*;
+
+use crate::catalog::{self, StreamMeta, parse_shard_id, sequence, shard_id};
+use crate::limits::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, PARTITION_KEY_CHARS_MAX, RECORD_DATA_BYTES_MAX, SHARDS_MAX,
+    STREAM_NAME_BYTES_MAX,
+};
+use crate::log::StartPosition;
+use crate::protocol::binary::{PutEntry, RecordsBody, Status};
+use crate::protocol::kinesis::errors::{KinesisError, from_wire};
+use crate::protocol::kinesis::iterator::{IteratorError, IteratorState};
+use crate::protocol::kinesis::json::{Input, Out};
+use crate::route;
+use crate::server::controller::ControlRequest;
+use crate::server::core::{Core, CoreReply, CoreRequest};
+
+/// Every operation in the Kinesis model (2013-12-02), for a clear answer to those spate
+/// does not serve yet.
+const MODEL_OPERATIONS: [&str; 39] = [
+    "AddTagsToStream",
+    "CreateStream",
+    "DecreaseStreamRetentionPeriod",
+    "DeleteResourcePolicy",
+    "DeleteStream",
+    "DeregisterStreamConsumer",
+    "DescribeAccountSettings",
+    "DescribeLimits",
+    "DescribeStream",
+    "DescribeStreamConsumer",
+    "DescribeStreamSummary",
+    "DisableEnhancedMonitoring",
+    "EnableEnhancedMonitoring",
+    "GetRecords",
+    "GetResourcePolicy",
+    "GetShardIterator",
+    "IncreaseStreamRetentionPeriod",
+    "ListShards",
+    "ListStreamConsumers",
+    "ListStreams",
+    "ListTagsForResource",
+    "ListTagsForStream",
+    "MergeShards",
+    "PutRecord",
+    "PutRecords",
+    "PutResourcePolicy",
+    "RegisterStreamConsumer",
+    "RemoveTagsFromStream",
+    "SplitShard",
+    "StartStreamEncryption",
+    "StopStreamEncryption",
+    "SubscribeToShard",
+    "TagResource",
+    "UntagResource",
+    "UpdateAccountSettings",
+    "UpdateMaxRecordSize",
+    "UpdateShardCount",
+    "UpdateStreamMode",
+    "UpdateStreamWarmThroughput",
+];
+
+/// Runs one operation and returns its JSON body.
+pub async fn dispatch(
+    core: &Rc<Core>,
+    operation: &str,
+    input: &Input<'_, '_>,
+) -> Result<Vec<u8>, KinesisError> {
+    match operation {
+        "PutRecord" => put_record(core, input).await,
+        "PutRecords" => put_records(core, input).await,
+        "GetShardIterator" => get_shard_iterator(core, input).await,
+        "GetRecords" => get_records(core, input).await,
+        "CreateStream" => create_stream(core, input).await,
+        "DeleteStream" => delete_stream(core, input).await,
+        "DescribeStream" => describe_stream(core, input).await,
+        "DescribeStreamSummary" => describe_stream_summary(core, input).await,
+        "ListStreams" => list_streams(core, input),
+        "ListShards" => list_shards(core, input).await,
+        "DescribeLimits" => describe_limits(core),
+        known if MODEL_OPERATIONS.contains(&known) => Err(KinesisError::unknown_operation(
+            format!("spate does not implement {known} yet"),
+        )),
+        _ => Err(KinesisError::unknown_operation(format!(
+            "Unknown operation {operation}"
+        ))),
+    }
+}
+
+// ---- streams, names and ARNs ----
+
+fn stream_arn(core: &Core, name: &str) -> String {
+    format!(
+        "arn:aws:kinesis:{}:{}:stream/{name}",
+        core.config.region, core.config.account_id
+    )
+}
+
+fn validate_name(name: &str, path: &str) -> Result<(), KinesisError> {
+    if name.is_empty() || name.len() > STREAM_NAME_BYTES_MAX {
+        return Err(KinesisError::validation(format!(
+            "1 validation error detected: Value '{name}' at '{path}' failed to satisfy constraint: \
+             Member must have length between 1 and {STREAM_NAME_BYTES_MAX}"
+        )));
+    }
+    if catalog::validate_stream_name(name).is_err() {
+        return Err(KinesisError::validation(format!(
+            "1 validation error detected: Value '{name}' at '{path}' failed to satisfy constraint: \
+             Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"
+        )));
+    }
+    Ok(())
+}
+
+/// The stream a request names by `StreamName` or `StreamARN`.
+fn stream_name<'a>(input: &Input<'a, '_>) -> Result<&'a str, KinesisError> {
+    if let Some(name) = input.str("StreamName")? {
+        validate_name(name, "streamName")?;
+        return Ok(name);
+    }
+    if let Some(arn) = input.str("StreamARN")? {
+        let name = arn
+            .strip_prefix("arn:aws")
+            .and_then(|rest| rest.split_once(":kinesis:"))
+            .and_then(|(_, rest)| rest.split_once(":stream/"))
+            .map(|(_, name)| name)
+            .filter(|name| catalog::validate_stream_name(name).is_ok())
+            .ok_or_else(|| {
+                KinesisError::validation(format!(
+                    "1 validation error detected: Value '{arn}' at 'streamARN' failed to satisfy \
+                     constraint: Member must satisfy regular expression pattern: \
+                     arn:aws.*:kinesis:.*:\\d{{12}}:stream/\\S+"
+                ))
+            })?;
+        return Ok(name);
+    }
+    Err(KinesisError::invalid_argument(
+        "Either StreamName or StreamARN must be provided",
+    ))
+}
+
+fn not_found(core: &Core, name: &str) -> KinesisError {
+    KinesisError::not_found(format!(
+        "Stream {name} under account {} not found.",
+        core.config.account_id
+    ))
+}
+
+fn find_stream(core: &Core, name: &str) -> Result<Rc<catalog::Catalog>, KinesisError> {
+    let snapshot = core.snapshot();
+    if snapshot.stream(name).is_none() {
+        return Err(not_found(core, name));
+    }
+    Ok(snapshot)
+}
+
+// ---- control plane ----
+
+async fn create_stream(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let name = input.required_str("StreamName")?;
+    validate_name(name, "streamName")?;
+    let on_demand = match input.object("StreamModeDetails")? {
+        Some(mode) => match mode.required_str("StreamMode")? {
+            "ON_DEMAND" => true,
+            "PROVISIONED" => false,
+            other => {
+                return Err(KinesisError::validation(format!(
+                    "1 validation error detected: Value '{other}' at 'streamModeDetails.streamMode' \
+                     failed to satisfy constraint: Member must satisfy enum value set: [ON_DEMAND, PROVISIONED]"
+                )));
+            }
+        },
+        None => false,
+    };
+    let shard_count = match (input.int("ShardCount")?, on_demand) {
+        (Some(count), _) => count,
+        // On-demand streams start with 4 shards' worth of capacity.
+        (None, true) => 4,
+        (None, false) => {
+            return Err(KinesisError::invalid_argument(
+                "ShardCount is required for a PROVISIONED stream",
+            ));
+        }
+    };
+    if shard_count < 1 {
+        return Err(KinesisError::validation(format!(
+            "1 validation error detected: Value '{shard_count}' at 'shardCount' failed to satisfy \
+             constraint: Member must have value greater than or equal to 1"
+        )));
+    }
+    if core.snapshot().stream(name).is_some() {
+        return Err(KinesisError::in_use(format!(
+            "Stream {name} under account {} already exists.",
+            core.config.account_id
+        )));
+    }
+    let shard_count = u32::try_from(shard_count).unwrap_or(u32::MAX);
+    if shard_count > SHARDS_MAX {
+        return Err(KinesisError::limit_exceeded(format!(
+            "This request would exceed the shard limit for the account {}. Current limit: {SHARDS_MAX}",
+            core.config.account_id
+        )));
+    }
+    control(
+        core,
+        ControlRequest::CreateStream {
+            name: name.to_string(),
+            shard_count,
+        },
+    )
+    .await?;
+    Ok(Vec::new())
+}
+
+async fn delete_stream(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    find_stream(core, name)?;
+    control(
+        core,
+        ControlRequest::DeleteStream {
+            name: name.to_string(),
+        },
+    )
+    .await?;
+    Ok(Vec::new())
+}
+
+async fn control(core: &Rc<Core>, request: ControlRequest) -> Result<(), KinesisError> {
+    match core.call(0, CoreRequest::Control(request)).await {
+        CoreReply::Control(Ok(_)) => Ok(()),
+        CoreReply::Control(Err(error)) => Err(from_wire(error)),
+        _ => Err(KinesisError::internal(
+            "Unexpected reply from the controller",
+        )),
+    }
+}
+
+/// Oldest and next sequence numbers of every shard of a stream, from their owners.
+async fn tips(core: &Rc<Core>, stream: &StreamMeta) -> std::collections::HashMap<u32, (u64, u64)> {
+    let mut by_core: std::collections::BTreeMap<u16, Vec<u32>> = std::collections::BTreeMap::new();
+    for shard in &stream.shards {
+        by_core
+            .entry(shard.owner_core)
+            .or_default()
+            .push(shard.index);
+    }
+    let calls = by_core.into_iter().map(|(owner, shards)| {
+        core.call(
+            usize::from(owner),
+            CoreRequest::Tips {
+                stream_id: stream.id,
+                shards,
+            },
+        )
+    });
+    let mut out = std::collections::HashMap::new();
+    for reply in futures::future::join_all(calls).await {
+        if let CoreReply::Tips(list) = reply {
+            for (index, trim, tip) in list {
+                out.insert(index, (trim, tip));
+            }
+        }
+    }
+    out
+}
+
+fn write_shard(out: &mut Out, shard: &catalog::ShardMeta, trim: u64) {
+    out.begin_object()
+        .str("ShardId", &shard_id(shard.index))
+        .object("HashKeyRange")
+        .str("StartingHashKey", &shard.hash_start.to_string())
+        .str("EndingHashKey", &shard.hash_end.to_string())
+        .end_object()
+        .object("SequenceNumberRange")
+        .str(
+            "StartingSequenceNumber",
+            &sequence::render(shard.index, trim),
+        )
+        .end_object()
+        .end_object();
+}
+
+fn write_stream_common(out: &mut Out, core: &Core, stream: &StreamMeta) {
+    out.str("StreamName", &stream.name)
+        .str("StreamARN", &stream_arn(core, &stream.name))
+        .str("StreamStatus", stream.status.as_str())
+        .object("StreamModeDetails")
+        .str("StreamMode", "PROVISIONED")
+        .end_object()
+        .int("RetentionPeriodHours", i64::from(stream.retention_hours))
+        .timestamp("StreamCreationTimestamp", stream.created_us)
+        .array("EnhancedMonitoring")
+        .begin_object()
+        .array("ShardLevelMetrics")
+        .end_array()
+        .end_object()
+        .end_array()
+        .str("EncryptionType", "NONE");
+}
+
+fn limit(input: &Input<'_, '_>, name: &str, max: i64, default: i64) -> Result<usize, KinesisError> {
+    match input.int(name)? {
+        None => Ok(default as usize),
+        Some(n) if (1..=max).contains(&n) => Ok(n as usize),
+        Some(n) => Err(KinesisError::validation(format!(
+            "1 validation error detected: Value '{n}' at '{}' failed to satisfy constraint: \
+             Member must have value between 1 and {max}",
+            super::json::lower_camel(name)
+        ))),
+    }
+}
+
+async fn describe_stream(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let snapshot = find_stream(core, name)?;
+    let Some(stream) = snapshot.stream(name) else {
+        return Err(not_found(core, name));
+    };
+    // Limit is 1..=10000 in the model, but the service returns at most 100 shards a call.
+    let page = limit(input, "Limit", 10_000, 100)?.min(100);
+    let after = match input.str("ExclusiveStartShardId")? {
+        Some(id) => parse_shard_id(id).map(i64::from).unwrap_or(-1),
+        None => -1,
+    };
+    let tips = tips(core, stream).await;
+    let listed: Vec<&catalog::ShardMeta> = stream
+        .shards
+        .iter()
+        .filter(|s| i64::from(s.index) > after)
+        .collect();
+    let mut out = Out::with_capacity(256 + 256 * page.min(listed.len()));
+    out.begin_object().object("StreamDescription");
+    write_stream_common(&mut out, core, stream);
+    out.array("Shards");
+    for shard in listed.iter().take(page) {
+        let trim = tips.get(&shard.index).map_or(0, |t| t.0);
+        write_shard(&mut out, shard, trim);
+    }
+    out.end_array()
+        .bool("HasMoreShards", listed.len() > page)
+        .end_object()
+        .end_object();
+    Ok(out.into_bytes())
+}
+
+async fn describe_stream_summary(
+    core: &Rc<Core>,
+    input: &Input<'_, '_>,
+) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let snapshot = find_stream(core, name)?;
+    let Some(stream) = snapshot.stream(name) else {
+        return Err(not_found(core, name));
+    };
+    let mut out = Out::with_capacity(512);
+    out.begin_object().object("StreamDescriptionSummary");
+    write_stream_common(&mut out, core, stream);
+    out.int("OpenShardCount", stream.shards.len() as i64)
+        .int("ConsumerCount", 0)
+        .end_object()
+        .end_object();
+    Ok(out.into_bytes())
+}
+
+fn list_streams(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let page = limit(input, "Limit", 10_000, 100)?.min(100);
+    let token = input.str("NextToken")?;
+    let after = match (token, input.str("ExclusiveStartStreamName")?) {
+        (Some(token), _) => Some(decode_token(token)?),
+        (None, Some(name)) => Some(name.to_string()),
+        (None, None) => None,
+    };
+    let snapshot = core.snapshot();
+    let streams: Vec<&StreamMeta> = snapshot
+        .streams
+        .values()
+        .filter(|s| after.as_deref().is_none_or(|a| s.name.as_str() > a))
+        .collect();
+    let shown = &streams[..page.min(streams.len())];
+    let more = streams.len() > shown.len();
+    let mut out = Out::with_capacity(128 + 200 * shown.len());
+    out.begin_object().array("StreamNames");
+    for stream in shown {
+        out.item_str(&stream.name);
+    }
+    out.end_array().bool("HasMoreStreams", more);
+    if let (true, Some(last)) = (more, shown.last()) {
+        out.str("NextToken", &encode_token(&last.name));
+    }
+    out.array("StreamSummaries");
+    for stream in shown {
+        out.begin_object()
+            .str("StreamName", &stream.name)
+            .str("StreamARN", &stream_arn(core, &stream.name))
+            .str("StreamStatus", stream.status.as_str())
+            .object("StreamModeDetails")
+            .str("StreamMode", "PROVISIONED")
+            .end_object()
+            .timestamp("StreamCreationTimestamp", stream.created_us)
+            .end_object();
+    }
+    out.end_array().end_object();
+    Ok(out.into_bytes())
+}
+
+fn encode_token(text: &str) -> String {
+    base64_simd::URL_SAFE_NO_PAD.encode_to_string(text)
+}
+
+fn decode_token(token: &str) -> Result<String, KinesisError> {
+    base64_simd::URL_SAFE_NO_PAD
+        .decode_to_vec(token)
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .ok_or_else(|| KinesisError::invalid_argument(format!("Invalid NextToken: {token}")))
+}
+
+async fn list_shards(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let page = limit(input, "MaxResults", 10_000, 1000)?;
+    let (name, mut after) = match input.str("NextToken")? {
+        Some(token) => {
+            if input.str("StreamName")?.is_some() || input.str("ExclusiveStartShardId")?.is_some() {
+                return Err(KinesisError::invalid_argument(
+                    "NextToken cannot be combined with StreamName or ExclusiveStartShardId",
+                ));
+            }
+            let text = decode_token(token)?;
+            let (name, index) = text
+                .rsplit_once('/')
+                .and_then(|(n, i)| Some((n.to_string(), i.parse::<i64>().ok()?)))
+                .ok_or_else(|| {
+                    KinesisError::invalid_argument(format!("Invalid NextToken: {token}"))
+                })?;
+            (name, index)
+        }
+        None => {
+            let name = stream_name(input)?.to_string();
+            let after = input
+                .str("ExclusiveStartShardId")?
+                .and_then(parse_shard_id)
+                .map_or(-1, i64::from);
+            (name, after)
+        }
+    };
+    if let Some(filter) = input.object("ShardFilter")? {
+        match filter.required_str("Type")? {
+            "AFTER_SHARD_ID" => {
+                let id = filter.required_str("ShardId")?;
+                let index = parse_shard_id(id).ok_or_else(|| {
+                    KinesisError::invalid_argument(format!("Invalid ShardId {id}"))
+                })?;
+                after = after.max(i64::from(index));
+            }
+            // Every shard is open until resharding exists, so these all list every shard.
+            "AT_TRIM_HORIZON" | "FROM_TRIM_HORIZON" | "AT_LATEST" | "AT_TIMESTAMP"
+            | "FROM_TIMESTAMP" => {}
+            other => {
+                return Err(KinesisError::validation(format!(
+                    "1 validation error detected: Value '{other}' at 'shardFilter.type' failed to satisfy constraint: \
+                     Member must satisfy enum value set: [AFTER_SHARD_ID, AT_TRIM_HORIZON, FROM_TRIM_HORIZON, AT_LATEST, AT_TIMESTAMP, FROM_TIMESTAMP]"
+                )));
+            }
+        }
+    }
+    let snapshot = find_stream(core, &name)?;
+    let Some(stream) = snapshot.stream(&name) else {
+        return Err(not_found(core, &name));
+    };
+    let tips = tips(core, stream).await;
+    let listed: Vec<&catalog::ShardMeta> = stream
+        .shards
+        .iter()
+        .filter(|s| i64::from(s.index) > after)
+        .collect();
+    let shown = &listed[..page.min(listed.len())];
+    let mut out = Out::with_capacity(128 + 256 * shown.len());
+    out.begin_object().array("Shards");
+    for shard in shown {
+        write_shard(&mut out, shard, tips.get(&shard.index).map_or(0, |t| t.0));
+    }
+    out.end_array();
+    if let (true, Some(last)) = (listed.len() > shown.len(), shown.last()) {
+        out.str(
+            "NextToken",
+            &encode_token(&format!("{name}/{}", last.index)),
+        );
+    }
+    out.end_object();
+    Ok(out.into_bytes())
+}
+
+fn describe_limits(core: &Rc<Core>) -> Result<Vec<u8>, KinesisError> {
+    let open: usize = core
+        .snapshot()
+        .streams
+        .values()
+        .map(|s| s.shards.len())
+        .sum();
+    let mut out = Out::default();
+    out.begin_object()
+        .int("ShardLimit", i64::from(SHARDS_MAX))
+        .int("OpenShardCount", open as i64)
+        .int("OnDemandStreamCount", 0)
+        .int("OnDemandStreamCountLimit", 50)
+        .end_object();
+    Ok(out.into_bytes())
+}
+
+// ---- data plane ----
+
+/// One record of a put, checked and decoded.
+struct Decoded {
+    key: (usize, usize),
+    data: (usize, usize),
+    hash: Option<u128>,
+}
+
+fn parse_hash_key(text: &str) -> Result<u128, KinesisError> {
+    let valid = !text.is_empty()
+        && text.len() <= 39
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    valid
+        .then(|| text.parse::<u128>().ok())
+        .flatten()
+        .ok_or_else(|| {
+            KinesisError::invalid_argument(format!(
+                "Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, 2^128-1]. Specified value was {text}"
+            ))
+        })
+}
+
+/// Checks and decodes put records into one buffer: keys and payloads become slices of it.
+/// Every limit is checked before anything is appended.
+fn decode_records(
+    records: &[&Input<'_, '_>],
+    path: &dyn Fn(usize, &str) -> String,
+) -> Result<Vec<PutEntry>, KinesisError> {
+    let mut buffer = BytesMut::new();
+    let mut decoded = Vec::with_capacity(records.len());
+    let mut total = 0usize;
+    for (i, record) in records.iter().enumerate() {
+        let key = record.required_str("PartitionKey")?;
+        let chars = key.chars().count();
+        if chars == 0 || chars > PARTITION_KEY_CHARS_MAX {
+            return Err(KinesisError::validation(format!(
+                "1 validation error detected: Value '{key}' at '{}' failed to satisfy constraint: \
+                 Member must have length {}",
+                path(i, "partitionKey"),
+                if chars == 0 {
+                    "greater than or equal to 1".to_string()
+                } else {
+                    format!("less than or equal to {PARTITION_KEY_CHARS_MAX}")
+                }
+            )));
+        }
+        let data = record.required_str("Data")?;
+        let size = base64_simd::STANDARD
+            .decoded_length(data.as_bytes())
+            .map_err(|_| {
+                KinesisError::serialization(format!("Invalid base64 in {}", path(i, "data")))
+            })?;
+        if size > RECORD_DATA_BYTES_MAX {
+            return Err(KinesisError::validation(format!(
+                "1 validation error detected: Value at '{}' failed to satisfy constraint: \
+                 Member must have length less than or equal to {RECORD_DATA_BYTES_MAX}",
+                path(i, "data")
+            )));
+        }
+        let hash = record
+            .str("ExplicitHashKey")?
+            .map(parse_hash_key)
+            .transpose()?;
+        total += size + key.len();
+        let key_start = buffer.len();
+        buffer.extend_from_slice(key.as_bytes());
+        let data_start = buffer.len();
+        buffer.resize(data_start + size, 0);
+        base64_simd::STANDARD
+            .decode(
+                data.as_bytes(),
+                base64_simd::Out::from_slice(&mut buffer[data_start..]),
+            )
+            .map_err(|_| {
+                KinesisError::serialization(format!("Invalid base64 in {}", path(i, "data")))
+            })?;
+        decoded.push(Decoded {
+            key: (key_start, data_start),
+            data: (data_start, data_start + size),
+            hash,
+        });
+    }
+    if total > BATCH_BYTES_MAX {
+        return Err(KinesisError::invalid_argument(format!(
+            "Records size of {total} bytes exceeds the limit of {BATCH_BYTES_MAX} bytes (5 MiB)"
+        )));
+    }
+    let buffer = buffer.freeze();
+    Ok(decoded
+        .into_iter()
+        .map(|d| PutEntry {
+            partition_key: buffer.slice(d.key.0..d.key.1),
+            data: buffer.slice(d.data.0..d.data.1),
+            explicit_hash_key: d.hash,
+        })
+        .collect())
+}
+
+async fn put(
+    core: &Rc<Core>,
+    name: &str,
+    entries: Vec<PutEntry>,
+) -> Result<Vec<crate::protocol::binary::PutResult>, KinesisError> {
+    find_stream(core, name)?;
+    route::put_records(core, name, entries, crate::tools::now_us())
+        .await
+        .map_err(|error| match error.status {
+            Status::StreamNotFound => not_found(core, name),
+            _ => from_wire(error),
+        })
+}
+
+async fn put_record(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let entries = decode_records(&[input], &|_, member| super::json::lower_camel(member))?;
+    let mut results = put(core, name, entries).await?;
+    let (shard, seq) = results
+        .pop()
+        .ok_or_else(|| KinesisError::internal("No result for the record"))?
+        .map_err(from_wire)?;
+    let mut out = Out::with_capacity(128);
+    out.begin_object()
+        .str("ShardId", &shard_id(shard))
+        .str("SequenceNumber", &sequence::render(shard, seq))
+        .str("EncryptionType", "NONE")
+        .end_object();
+    Ok(out.into_bytes())
+}
+
+async fn put_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let records = input.array("Records")?.ok_or_else(|| {
+        KinesisError::validation(
+            "1 validation error detected: Value null at 'records' failed to satisfy constraint: Member must not be null",
+        )
+    })?;
+    if records.is_empty() || records.len() > BATCH_RECORDS_MAX {
+        return Err(KinesisError::validation(format!(
+            "1 validation error detected: Value '[...]' at 'records' failed to satisfy constraint: \
+             Member must have length {}",
+            if records.is_empty() {
+                "greater than or equal to 1".to_string()
+            } else {
+                format!("less than or equal to {BATCH_RECORDS_MAX}")
+            }
+        )));
+    }
+    let inputs: Vec<Input<'_, '_>> = records
+        .iter()
+        .map(|r: &BorrowedValue<'_>| Input::new(r))
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<&Input<'_, '_>> = inputs.iter().collect();
+    let path = |i: usize, member: &str| format!("records.{}.member.{member}", i + 1);
+    let entries = decode_records(&refs, &path)?;
+    let count = entries.len();
+    let results = put(core, name, entries).await?;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let mut out = Out::with_capacity(64 + 110 * count);
+    out.begin_object()
+        .int("FailedRecordCount", failed as i64)
+        .array("Records");
+    for result in results {
+        out.begin_object();
+        match result {
+            Ok((shard, seq)) => {
+                out.str("SequenceNumber", &sequence::render(shard, seq))
+                    .str("ShardId", &shard_id(shard));
+            }
+            Err(_) => {
+                out.str("ErrorCode", "InternalFailure")
+                    .str("ErrorMessage", "Internal service failure.");
+            }
+        }
+        out.end_object();
+    }
+    out.end_array().str("EncryptionType", "NONE").end_object();
+    Ok(out.into_bytes())
+}
+
+fn shard_not_found(core: &Core, stream: &str, shard: &str) -> KinesisError {
+    KinesisError::not_found(format!(
+        "Shard {shard} in stream {stream} under account {} does not exist",
+        core.config.account_id
+    ))
+}
+
+async fn get_shard_iterator(
+    core: &Rc<Core>,
+    input: &Input<'_, '_>,
+) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let shard_text = input.required_str("ShardId")?;
+    let kind = input.required_str("ShardIteratorType")?;
+    let snapshot = find_stream(core, name)?;
+    let Some(stream) = snapshot.stream(name) else {
+        return Err(not_found(core, name));
+    };
+    let shard = parse_shard_id(shard_text)
+        .and_then(|index| stream.shard(index))
+        .ok_or_else(|| shard_not_found(core, name, shard_text))?;
+    let sequence_arg = input.str("StartingSequenceNumber")?;
+    let position_error = || {
+        KinesisError::invalid_argument(
+            "Must either specify (1) AT_SEQUENCE_NUMBER or AFTER_SEQUENCE_NUMBER and StartingSequenceNumber \
+             or (2) TRIM_HORIZON or LATEST and no StartingSequenceNumber or (3) AT_TIMESTAMP and Timestamp.",
+        )
+    };
+    let position = match (kind, sequence_arg) {
+        ("TRIM_HORIZON", None) => StartPosition::TrimHorizon,
+        ("LATEST", None) => StartPosition::Latest,
+        ("AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER", Some(text)) => {
+            let (encoded_shard, seq) = sequence::parse(text).ok_or_else(|| {
+                KinesisError::invalid_argument(format!(
+                    "StartingSequenceNumber {text} used in GetShardIterator on shard {} in stream {name} \
+                     under account {} is invalid.",
+                    shard_id(shard.index),
+                    core.config.account_id
+                ))
+            })?;
+            if encoded_shard != shard.index {
+                return Err(KinesisError::invalid_argument(format!(
+                    "Invalid StartingSequenceNumber. It encodes {}, while it was used in a call to a shard with {}",
+                    shard_id(encoded_shard),
+                    shard_id(shard.index)
+                )));
+            }
+            if kind == "AT_SEQUENCE_NUMBER" {
+                StartPosition::AtSequence(seq)
+            } else {
+                StartPosition::AfterSequence(seq)
+            }
+        }
+        ("AT_TIMESTAMP", None) => {
+            let at = input
+                .timestamp_us("Timestamp")?
+                .ok_or_else(position_error)?;
+            if at > crate::tools::now_us() + 1_000_000 {
+                return Err(KinesisError::invalid_argument(
+                    "The timestamp must not be in the future",
+                ));
+            }
+            StartPosition::AtTimestamp(at)
+        }
+        (
+            "TRIM_HORIZON"
+            | "LATEST"
+            | "AT_TIMESTAMP"
+            | "AT_SEQUENCE_NUMBER"
+            | "AFTER_SEQUENCE_NUMBER",
+            _,
+        ) => {
+            return Err(position_error());
+        }
+        (other, _) => {
+            return Err(KinesisError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'shardIteratorType' failed to satisfy constraint: \
+                 Member must satisfy enum value set: [AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, LATEST, AT_TIMESTAMP]"
+            )));
+        }
+    };
+    let request = CoreRequest::Resolve {
+        stream_id: stream.id,
+        shard: shard.index,
+        position,
+    };
+    let seq = match core.call(usize::from(shard.owner_core), request).await {
+        CoreReply::Resolved(result) => result.map_err(from_wire)?,
+        CoreReply::Control(Err(error)) => return Err(from_wire(error)),
+        _ => {
+            return Err(KinesisError::internal(
+                "Unexpected reply to a position lookup",
+            ));
+        }
+    };
+    let iterator = core.iterator_key.seal(IteratorState {
+        stream_id: stream.id,
+        shard: shard.index,
+        seq,
+        issued_ms: crate::tools::now_us() / 1000,
+    });
+    let mut out = Out::with_capacity(128);
+    out.begin_object()
+        .str("ShardIterator", &iterator)
+        .end_object();
+    Ok(out.into_bytes())
+}
+
+async fn get_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let text = input.required_str("ShardIterator")?;
+    let count = limit(input, "Limit", 10_000, 10_000)?;
+    let now_ms = crate::tools::now_us() / 1000;
+    let state = core.iterator_key.open(text, now_ms).map_err(|error| match error {
+        IteratorError::Invalid => KinesisError::invalid_argument("Invalid ShardIterator."),
+        IteratorError::Expired { issued_ms, now_ms } => KinesisError::expired_iterator(format!(
+            "Iterator expired. The iterator was created at time {issued_ms} while right now it is {now_ms} \
+             which is further in the future than the tolerated delay of {} milliseconds.",
+            crate::limits::ITERATOR_TTL_MS
+        )),
+    })?;
+    let snapshot = core.snapshot();
+    let stream = snapshot
+        .streams
+        .values()
+        .find(|s| s.id == state.stream_id)
+        .ok_or_else(|| KinesisError::not_found("The stream of this iterator no longer exists"))?;
+    let shard = stream
+        .shard(state.shard)
+        .ok_or_else(|| shard_not_found(core, &stream.name, &shard_id(state.shard)))?;
+    let request = CoreRequest::Read {
+        stream_id: stream.id,
+        shard: shard.index,
+        position: StartPosition::AtSequence(state.seq),
+        limit: count as u32,
+        bytes_max: crate::limits::READ_BYTES_MAX as u32,
+        wait_us: 0,
+    };
+    let body: RecordsBody = match core.call(usize::from(shard.owner_core), request).await {
+        CoreReply::Read(result) => result.map_err(from_wire)?,
+        CoreReply::Control(Err(error)) => return Err(from_wire(error)),
+        _ => return Err(KinesisError::internal("Unexpected reply to a read")),
+    };
+    let next = core.iterator_key.seal(IteratorState {
+        seq: body.next_seq.max(state.seq),
+        issued_ms: now_ms,
+        ..state
+    });
+    let bytes: usize = body
+        .records
+        .iter()
+        .map(|r| r.data.len() * 4 / 3 + 200)
+        .sum();
+    let mut out = Out::with_capacity(256 + bytes);
+    out.begin_object().array("Records");
+    for record in &body.records {
+        out.begin_object()
+            .str("SequenceNumber", &sequence::render(shard.index, record.seq))
+            .timestamp("ApproximateArrivalTimestamp", record.arrival_us)
+            .base64("Data", &record.data)
+            .str(
+                "PartitionKey",
+                &String::from_utf8_lossy(&record.partition_key),
+            )
+            .end_object();
+    }
+    out.end_array()
+        .str("NextShardIterator", &next)
+        .int("MillisBehindLatest", body.millis_behind as i64)
+        .end_object();
+    Ok(out.into_bytes())
+}
