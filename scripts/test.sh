@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs spate's whole test suite: unit tests, the shard-log model, recovery and SIGKILL
-# crash tests, on real files through io_uring. Installs nothing system-wide; raises the
-# memlock limit for this shell when it may (glommio registers I/O buffers in locked
-# memory; with less it still works, a little slower).
+# crash tests on real files through io_uring, the server end to end, and Kinesis
+# compatibility with real AWS clients (boto3). Installs what the tests need inside the
+# repository (a Python virtualenv with boto3 under target/); raises the memlock limit
+# for this shell when it may (glommio registers I/O buffers in locked memory; with less
+# it still works, a little slower).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,5 +13,14 @@ if [ "$(ulimit -l)" != unlimited ]; then
 fi
 echo "memlock limit: $(ulimit -l) KiB"
 
+python=target/pyenv/bin/python
+if ! "$python" -c "import boto3" 2>/dev/null; then
+  echo "installing boto3 into target/pyenv (PyPI)"
+  mkdir -p target
+  python3 -m venv target/pyenv
+  "$python" -m pip install --quiet boto3
+fi
+
 cargo build --all-targets --quiet
-cargo test --all-targets 2>&1
+# A hung test must fail the run, not hold it until CI's own limit.
+timeout 1800 cargo test --all-targets 2>&1

@@ -27,6 +27,9 @@ use crate::runtime;
 use crate::server::controller::Controller;
 use crate::server::core::{Core, CoreMessage};
 
+/// Longest a core sleeps without looking for work from other cores.
+const WAKE_TICK: Duration = Duration::from_millis(10);
+
 /// How often each core runs retention over its shards.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -155,6 +158,17 @@ async fn run_core(
     stopping: Arc<AtomicBool>,
     iterator_key: [u8; 32],
 ) -> Result<(), String> {
+    // A safety net against lost cross-core wake-ups: glommio has had bugs where a sleeping
+    // executor missed a shared-channel notification (we saw a core sleep with a message
+    // waiting, under a parallel test load). A short periodic timer bounds such a stall to
+    // one tick instead of for ever; it costs a hundred wake-ups a second.
+    let tick_stop = stopping.clone();
+    glommio::spawn_local(async move {
+        while !tick_stop.load(Ordering::Relaxed) {
+            glommio::timer::sleep(WAKE_TICK).await;
+        }
+    })
+    .detach();
     let (senders, receivers) = mesh
         .join()
         .await

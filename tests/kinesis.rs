@@ -1,0 +1,36 @@
+//! Kinesis API compatibility judged by real AWS clients: boto3 (installed by
+//! scripts/test.sh into target/pyenv) runs tests/kinesis/boto3_compat.py against a real
+//! server.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Server, temp_dir};
+
+#[test]
+fn boto3_works_against_spate_with_only_an_endpoint_url() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash scripts/test.sh`, which installs boto3 there",
+        python.display()
+    );
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kinesis/boto3_compat.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&server.endpoint)
+        .output()
+        .expect("run python");
+    let report = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{report}");
+    assert!(
+        output.status.success(),
+        "boto3 compatibility tests failed:\n{report}"
+    );
+    assert!(report.contains("OK"), "no boto3 test ran:\n{report}");
+    server.stop();
+}
