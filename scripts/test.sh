@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs spate's whole test suite: unit tests, the shard-log model, recovery and SIGKILL
 # crash tests on real files through io_uring, the server end to end, and Kinesis
-# compatibility with real AWS clients (boto3). Installs what the tests need inside the
-# repository (a Python virtualenv with boto3 under target/); raises the memlock limit
-# for this shell when it may (glommio registers I/O buffers in locked memory; with less
-# it still works, a little slower).
+# compatibility with real AWS clients (boto3 and the JavaScript SDK v3). Installs what the
+# tests need inside the repository (a Python virtualenv with boto3 and the npm SDK under
+# target/); raises the memlock limit for this shell when it may (glommio registers I/O
+# buffers in locked memory; with less it still works, a little slower).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,13 @@ if ! "$python" -c "import boto3" 2>/dev/null; then
   mkdir -p target
   python3 -m venv target/pyenv
   "$python" -m pip install --quiet boto3
+fi
+
+if [ ! -d target/jsenv/node_modules/@aws-sdk/client-kinesis ]; then
+  echo "installing @aws-sdk/client-kinesis into target/jsenv (npm)"
+  mkdir -p target/jsenv
+  cp tests/kinesis/js/package.json target/jsenv/
+  (cd target/jsenv && npm install --silent --no-audit --no-fund)
 fi
 
 cargo build --all-targets --quiet

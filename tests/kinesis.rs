@@ -34,3 +34,32 @@ fn boto3_works_against_spate_with_only_an_endpoint_url() {
     assert!(report.contains("OK"), "no boto3 test ran:\n{report}");
     server.stop();
 }
+
+#[test]
+fn the_javascript_sdk_v3_works_over_http2() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let env = root.join("target/jsenv");
+    assert!(
+        env.join("node_modules/@aws-sdk/client-kinesis").exists(),
+        "{} is missing the AWS SDK: run `bash scripts/test.sh`, which installs it there",
+        env.display()
+    );
+    // The script imports the SDK from target/jsenv, so it runs from there.
+    let script = env.join("compat.mjs");
+    std::fs::copy(root.join("tests/kinesis/js/compat.mjs"), &script).expect("copy script");
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let output = Command::new("node")
+        .arg(&script)
+        .arg(&server.endpoint)
+        .output()
+        .expect("run node");
+    let report = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{report}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "JavaScript SDK tests failed:\n{report}"
+    );
+    assert!(report.contains("3 passed, 0 failed"), "{report}");
+    server.stop();
+}
