@@ -37,6 +37,17 @@ pub struct Config {
     pub log: LogConfig,
     pub commit: CommitConfig,
     pub net: NetConfig,
+    /// Access keys whose SigV4 signatures the Kinesis API verifies; empty = accept any
+    /// well-formed signature.
+    pub auth_keys: Vec<AccessKey>,
+}
+
+/// One access key the Kinesis API accepts when signatures are verified.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    pub access_key: String,
+    pub secret: String,
 }
 
 /// Bounds on connections and what each may hold.
@@ -64,6 +75,7 @@ impl Default for Config {
             log: LogConfig::default(),
             commit: CommitConfig::default(),
             net: NetConfig::default(),
+            auth_keys: Vec::new(),
         }
     }
 }
@@ -92,6 +104,13 @@ struct FileConfig {
     log: Option<FileLog>,
     commit: Option<FileCommit>,
     net: Option<FileNet>,
+    auth: Option<FileAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    keys: Option<Vec<AccessKey>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +231,9 @@ impl Config {
         if let Some(v) = net.core_channel_messages {
             config.net.core_channel_messages = v;
         }
+        if let Some(keys) = file.auth.and_then(|a| a.keys) {
+            config.auth_keys = keys;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -290,6 +312,16 @@ impl Config {
             return Err(invalid(
                 "net",
                 "connection and in-flight limits must be above 0",
+            ));
+        }
+        if self
+            .auth_keys
+            .iter()
+            .any(|k| k.access_key.is_empty() || k.secret.is_empty())
+        {
+            return Err(invalid(
+                "auth.keys",
+                "every key needs a non-empty access_key and secret",
             ));
         }
         if self.net.core_channel_messages == 0 {

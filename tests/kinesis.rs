@@ -36,6 +36,35 @@ fn boto3_works_against_spate_with_only_an_endpoint_url() {
 }
 
 #[test]
+fn sigv4_is_verified_when_keys_are_configured() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/pyenv/bin/python");
+    assert!(
+        python.exists(),
+        "run `bash scripts/test.sh` to install boto3"
+    );
+    let dir = temp_dir();
+    let config = dir.path().join("spate.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nkeys = [{ access_key = \"AKIDSPATE\", secret = \"s3cr3t/key\" }]\n",
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let config_arg = config.to_string_lossy().into_owned();
+    let server = Server::start_with(&data, &["--config", &config_arg]);
+    let output = Command::new(&python)
+        .arg(root.join("tests/kinesis/boto3_auth.py"))
+        .arg(&server.endpoint)
+        .output()
+        .expect("run python");
+    let report = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{report}");
+    assert!(output.status.success(), "SigV4 tests failed:\n{report}");
+    server.stop();
+}
+
+#[test]
 fn the_javascript_sdk_v3_works_over_http2() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let env = root.join("target/jsenv");

@@ -31,10 +31,15 @@ fn exchange(server: &Server, raw: &[u8]) -> Option<(u16, String)> {
     Some((status, text))
 }
 
+/// A well-formed SigV4 header: accepted as is, since the test server verifies no keys.
+const AUTH: &str = "AWS4-HMAC-SHA256 Credential=AKID/20261123/us-east-1/kinesis/aws4_request, \
+                    SignedHeaders=host;x-amz-date, Signature=00";
+
 fn kinesis(target: &str, body: &[u8]) -> Vec<u8> {
     let mut raw = format!(
         "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-amz-json-1.1\r\n\
-         X-Amz-Target: Kinesis_20131202.{target}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+         X-Amz-Target: Kinesis_20131202.{target}\r\nContent-Length: {}\r\nConnection: close\r\n\
+         X-Amz-Date: 20261123T000000Z\r\nAuthorization: {AUTH}\r\n\r\n",
         body.len()
     )
     .into_bytes();

@@ -22,6 +22,11 @@ impl KinesisError {
         }
     }
 
+    /// An authentication error (all answered with 400, as Kinesis does).
+    pub fn new_auth(kind: &'static str, message: String) -> KinesisError {
+        KinesisError::new(kind, 400, message)
+    }
+
     pub fn validation(message: impl Into<String>) -> KinesisError {
         KinesisError::new("ValidationException", 400, message)
     }

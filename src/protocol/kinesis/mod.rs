@@ -8,6 +8,7 @@
 //! CBOR (`application/x-amz-cbor-1.1`, the Java SDKs' default) is refused with a clear
 //! error naming the switch that makes those SDKs send JSON.
 
+pub mod auth;
 pub mod errors;
 pub mod iterator;
 pub mod json;
@@ -89,7 +90,8 @@ async fn serve(core: &Rc<Core>, request: Request<Incoming>) -> Result<Vec<u8>, K
             declared.unwrap_or_default()
         )));
     }
-    let body = Limited::new(request.into_body(), HTTP_BODY_BYTES_MAX)
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, HTTP_BODY_BYTES_MAX)
         .collect()
         .await
         .map_err(|e| {
@@ -100,6 +102,8 @@ async fn serve(core: &Rc<Core>, request: Request<Incoming>) -> Result<Vec<u8>, K
             }
         })?
         .to_bytes();
+    let now_s = i64::try_from(crate::tools::now_us() / 1_000_000).unwrap_or(i64::MAX);
+    auth::check(&parts, &body, &core.config.auth_keys, now_s)?;
     if body.is_empty() {
         return Err(KinesisError::serialization(
             "Request body is empty; send {} at least",
