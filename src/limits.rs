@@ -135,3 +135,6 @@ pub const HTTP2_STREAMS_MAX: u32 = 128;
 pub const ITERATOR_TTL_MS: u64 = 300_000;
 
 const _: () = assert!(BATCH_BYTES_MAX / 3 * 4 + 1024 * 1024 <= HTTP_BODY_BYTES_MAX);
+
+/// Most tags on one stream. Source: Kinesis (50 tags per stream).
+pub const STREAM_TAGS_MAX: usize = 50;

@@ -106,6 +106,9 @@ pub struct StreamMeta {
     pub retention_hours: u32,
     /// Shards in hash-key order; they cover 0..=2^128-1 without gaps or overlaps.
     pub shards: Vec<ShardMeta>,
+    /// Tags, by key.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 impl StreamMeta {
@@ -239,10 +242,22 @@ impl Catalog {
             created_us: now_us,
             retention_hours,
             shards,
+            tags: BTreeMap::new(),
         };
         self.next_stream_id += 1;
         self.epoch += 1;
         Ok(self.streams.entry(name.to_string()).or_insert(stream))
+    }
+
+    /// The stream named `name`, to change.
+    ///
+    /// # Errors
+    /// [`CatalogError::StreamNotFound`].
+    pub fn stream_mut(&mut self, name: &str) -> Result<&mut StreamMeta, CatalogError> {
+        self.epoch += 1;
+        self.streams
+            .get_mut(name)
+            .ok_or_else(|| CatalogError::StreamNotFound(name.to_string()))
     }
 
     /// Removes a stream and returns it, so its owners can delete its files.

@@ -137,6 +137,8 @@ pub struct ShardLog {
     pub(crate) queued: Cell<bool>,
     /// Readers waiting for records past the durable tip (long polls, subscriptions).
     watchers: RefCell<Vec<oneshot::Sender<()>>>,
+    /// The stream's retention, which can change while the log is open.
+    retention_hours: Cell<u32>,
     state: RefCell<State>,
 }
 
@@ -271,12 +273,14 @@ impl ShardLog {
             in_commit: false,
             failed: None,
         };
+        let retention_hours = config.retention_hours;
         Ok(Rc::new(ShardLog {
             dir: dir.to_path_buf(),
             config,
             committer,
             queued: Cell::new(false),
             watchers: RefCell::new(Vec::new()),
+            retention_hours: Cell::new(retention_hours),
             state: RefCell::new(state),
         }))
     }
@@ -757,7 +761,7 @@ impl ShardLog {
     /// # Errors
     /// I/O errors from deleting files or starting the replacement segment.
     pub async fn enforce_retention(&self, now_us: u64) -> Result<usize, IoError> {
-        let retention_us = u64::from(self.config.retention_hours) * 3_600_000_000;
+        let retention_us = u64::from(self.retention_hours.get()) * 3_600_000_000;
         let cutoff = now_us.saturating_sub(retention_us);
         let roll_active = {
             let state = self.state.borrow();
@@ -830,6 +834,11 @@ impl ShardLog {
     /// Arrival time of the newest durable record, unix microseconds (0 when empty).
     pub fn tip_arrival_us(&self) -> u64 {
         self.state.borrow().durable_arrival_us
+    }
+
+    /// Changes the retention applied from the next retention pass on.
+    pub fn set_retention_hours(&self, hours: u32) {
+        self.retention_hours.set(hours);
     }
 
     /// The oldest retained sequence number.

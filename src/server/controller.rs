@@ -15,8 +15,26 @@ use crate::server::core::{Core, CoreReply, CoreRequest};
 
 /// A catalog change.
 pub enum ControlRequest {
-    CreateStream { name: String, shard_count: u32 },
-    DeleteStream { name: String },
+    CreateStream {
+        name: String,
+        shard_count: u32,
+        tags: Vec<(String, String)>,
+    },
+    DeleteStream {
+        name: String,
+    },
+    SetRetention {
+        name: String,
+        hours: u32,
+    },
+    AddTags {
+        name: String,
+        tags: Vec<(String, String)>,
+    },
+    RemoveTags {
+        name: String,
+        keys: Vec<String>,
+    },
 }
 
 pub struct Controller {
@@ -74,14 +92,49 @@ impl Controller {
         let mut next = self.catalog.borrow().clone();
         let data_dir = core.data_dir();
         let deleted = match request {
-            ControlRequest::CreateStream { name, shard_count } => {
+            ControlRequest::CreateStream {
+                name,
+                shard_count,
+                tags,
+            } => {
                 let retention = core.config.log.retention_hours;
                 next.create_stream(&name, shard_count, core.cores, retention, now_us())
                     .map_err(catalog_error)?;
+                next.stream_mut(&name)
+                    .map_err(catalog_error)?
+                    .tags
+                    .extend(tags);
                 Vec::new()
             }
             ControlRequest::DeleteStream { name } => {
                 vec![next.delete_stream(&name).map_err(catalog_error)?]
+            }
+            ControlRequest::SetRetention { name, hours } => {
+                next.stream_mut(&name)
+                    .map_err(catalog_error)?
+                    .retention_hours = hours;
+                Vec::new()
+            }
+            ControlRequest::AddTags { name, tags } => {
+                let stream = next.stream_mut(&name).map_err(catalog_error)?;
+                stream.tags.extend(tags);
+                if stream.tags.len() > crate::limits::STREAM_TAGS_MAX {
+                    return Err(WireError::new(
+                        Status::LimitExceeded,
+                        format!(
+                            "a stream cannot have more than {} tags",
+                            crate::limits::STREAM_TAGS_MAX
+                        ),
+                    ));
+                }
+                Vec::new()
+            }
+            ControlRequest::RemoveTags { name, keys } => {
+                let stream = next.stream_mut(&name).map_err(catalog_error)?;
+                for key in keys {
+                    stream.tags.remove(&key);
+                }
+                Vec::new()
             }
         };
         next.persist(&data_dir).await.map_err(catalog_error)?;

@@ -377,7 +377,8 @@ impl Core {
                 .filter(|s| usize::from(s.owner_core) == self.id)
             {
                 let key = (stream.id, shard.index);
-                if self.shards.borrow().contains_key(&key) {
+                if let Some(log) = self.shards.borrow().get(&key) {
+                    log.set_retention_hours(stream.retention_hours);
                     continue;
                 }
                 let config = LogConfig {

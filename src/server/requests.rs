@@ -56,6 +56,7 @@ pub async fn handle(core: &Rc<Core>, request: Request) -> Result<Response, WireE
                 ControlRequest::CreateStream {
                     name: stream,
                     shard_count,
+                    tags: Vec::new(),
                 },
             )
             .await

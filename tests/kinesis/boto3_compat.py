@@ -240,6 +240,35 @@ class Boto3Compat(unittest.TestCase):
         code, status = error_code(lambda: self.k.list_stream_consumers(StreamARN="arn:aws:kinesis:us-east-1:000000000000:stream/compat"))
         self.assertEqual((code, status), ("UnknownOperationException", 400))
 
+    def test_retention_periods(self):
+        self.k.create_stream(StreamName="kept", ShardCount=1)
+        self.k.increase_stream_retention_period(StreamName="kept", RetentionPeriodHours=48)
+        summary = self.k.describe_stream_summary(StreamName="kept")["StreamDescriptionSummary"]
+        self.assertEqual(summary["RetentionPeriodHours"], 48)
+        code = lambda call: error_code(call)[0]
+        self.assertEqual(code(lambda: self.k.increase_stream_retention_period(StreamName="kept", RetentionPeriodHours=30)), "InvalidArgumentException")
+        self.assertEqual(code(lambda: self.k.decrease_stream_retention_period(StreamName="kept", RetentionPeriodHours=72)), "InvalidArgumentException")
+        self.assertEqual(code(lambda: self.k.increase_stream_retention_period(StreamName="kept", RetentionPeriodHours=9000)), "InvalidArgumentException")
+        self.assertEqual(code(lambda: self.k.decrease_stream_retention_period(StreamName="kept", RetentionPeriodHours=12)), "InvalidArgumentException")
+        self.k.decrease_stream_retention_period(StreamName="kept", RetentionPeriodHours=24)
+        description = self.k.describe_stream(StreamName="kept")["StreamDescription"]
+        self.assertEqual(description["RetentionPeriodHours"], 24)
+
+    def test_tags(self):
+        self.k.create_stream(StreamName="tagged", ShardCount=1, Tags={"team": "data"})
+        self.k.add_tags_to_stream(StreamName="tagged", Tags={"env": "test", "owner": "me"})
+        tags = self.k.list_tags_for_stream(StreamName="tagged")
+        self.assertEqual({t["Key"]: t["Value"] for t in tags["Tags"]}, {"team": "data", "env": "test", "owner": "me"})
+        self.assertFalse(tags["HasMoreTags"])
+        page = self.k.list_tags_for_stream(StreamName="tagged", Limit=1)
+        self.assertEqual([t["Key"] for t in page["Tags"]], ["env"])
+        self.assertTrue(page["HasMoreTags"])
+        self.k.remove_tags_from_stream(StreamName="tagged", TagKeys=["env", "unknown"])
+        tags = self.k.list_tags_for_stream(StreamName="tagged", ExclusiveStartTagKey="owner")
+        self.assertEqual([t["Key"] for t in tags["Tags"]], ["team"])
+        many = {f"k{i}": "v" for i in range(60)}
+        self.assertEqual(error_code(lambda: self.k.add_tags_to_stream(StreamName="tagged", Tags=many))[0], "InvalidArgumentException")
+
     def test_delete_stream(self):
         self.k.create_stream(StreamName="doomed", ShardCount=1)
         self.k.delete_stream(StreamName="doomed")

@@ -86,6 +86,23 @@ impl<'a, 'v> Input<'a, 'v> {
         }
     }
 
+    /// The members of an object member, as (key, value) pairs in document order.
+    ///
+    /// # Errors
+    /// `SerializationException` when present but not an object.
+    pub fn entries(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<(&'a str, &'a BorrowedValue<'v>)>>, KinesisError> {
+        match self.member(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_object()
+                .map(|o| Some(o.iter().map(|(k, v)| (k.as_ref(), v)).collect()))
+                .ok_or_else(|| type_error(name, "map")),
+        }
+    }
+
     /// # Errors
     /// `SerializationException` when present but not a list.
     pub fn array(&self, name: &str) -> Result<Option<&'a [BorrowedValue<'v>]>, KinesisError> {

@@ -84,6 +84,11 @@ pub async fn dispatch(
         "ListStreams" => list_streams(core, input),
         "ListShards" => list_shards(core, input).await,
         "DescribeLimits" => describe_limits(core),
+        "IncreaseStreamRetentionPeriod" => retention(core, input, true).await,
+        "DecreaseStreamRetentionPeriod" => retention(core, input, false).await,
+        "AddTagsToStream" => add_tags(core, input).await,
+        "RemoveTagsFromStream" => remove_tags(core, input).await,
+        "ListTagsForStream" => list_tags(core, input),
         known if MODEL_OPERATIONS.contains(&known) => Err(KinesisError::unknown_operation(
             format!("spate does not implement {known} yet"),
         )),
@@ -207,11 +212,16 @@ async fn create_stream(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>
             core.config.account_id
         )));
     }
+    let tags = match input.entries("Tags")? {
+        Some(entries) => parse_tags(&entries)?,
+        None => Vec::new(),
+    };
     control(
         core,
         ControlRequest::CreateStream {
             name: name.to_string(),
             shard_count,
+            tags,
         },
     )
     .await?;
@@ -508,6 +518,170 @@ fn describe_limits(core: &Rc<Core>) -> Result<Vec<u8>, KinesisError> {
         .int("OpenShardCount", open as i64)
         .int("OnDemandStreamCount", 0)
         .int("OnDemandStreamCountLimit", 50)
+        .end_object();
+    Ok(out.into_bytes())
+}
+
+// ---- retention and tags ----
+
+async fn retention(
+    core: &Rc<Core>,
+    input: &Input<'_, '_>,
+    increase: bool,
+) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let hours = input.int("RetentionPeriodHours")?.ok_or_else(|| {
+        KinesisError::validation(
+            "1 validation error detected: Value null at 'retentionPeriodHours' failed to satisfy constraint: Member must not be null",
+        )
+    })?;
+    let snapshot = find_stream(core, name)?;
+    let current = snapshot
+        .stream(name)
+        .map_or(24, |s| i64::from(s.retention_hours));
+    let (min, max) = (
+        i64::from(crate::limits::RETENTION_HOURS_MIN),
+        i64::from(crate::limits::RETENTION_HOURS_MAX),
+    );
+    if hours < min {
+        return Err(KinesisError::invalid_argument(format!(
+            "Minimum allowed retention period is {min} hours. Requested retention period ({hours} hours) is too short."
+        )));
+    }
+    if hours > max {
+        return Err(KinesisError::invalid_argument(format!(
+            "Maximum allowed retention period is {max} hours. Requested retention period ({hours} hours) is too long."
+        )));
+    }
+    if increase && hours < current {
+        return Err(KinesisError::invalid_argument(format!(
+            "Requested retention period ({hours} hours) for stream {name} can not be shorter than existing \
+             retention period ({current} hours). Use DecreaseRetentionPeriod API."
+        )));
+    }
+    if !increase && hours > current {
+        return Err(KinesisError::invalid_argument(format!(
+            "Requested retention period ({hours} hours) for stream {name} can not be longer than existing \
+             retention period ({current} hours). Use IncreaseRetentionPeriod API."
+        )));
+    }
+    let hours = u32::try_from(hours).unwrap_or(crate::limits::RETENTION_HOURS_MAX);
+    control(
+        core,
+        ControlRequest::SetRetention {
+            name: name.to_string(),
+            hours,
+        },
+    )
+    .await?;
+    Ok(Vec::new())
+}
+
+fn parse_tags(
+    entries: &[(&str, &BorrowedValue<'_>)],
+) -> Result<Vec<(String, String)>, KinesisError> {
+    if entries.is_empty() || entries.len() > 200 {
+        return Err(KinesisError::validation(
+            "1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must have length between 1 and 200",
+        ));
+    }
+    entries
+        .iter()
+        .map(|(key, value)| {
+            let value = value
+                .as_str()
+                .ok_or_else(|| KinesisError::serialization(format!("Tag {key} must have a string value")))?;
+            if key.is_empty() || key.chars().count() > 128 || value.chars().count() > 256 {
+                return Err(KinesisError::validation(format!(
+                    "1 validation error detected: Value '{key}' at 'tags' failed to satisfy constraint: \
+                     tag keys must have length 1..128 and values 0..256"
+                )));
+            }
+            Ok((key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+async fn add_tags(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let entries = input.entries("Tags")?.ok_or_else(|| {
+        KinesisError::validation(
+            "1 validation error detected: Value null at 'tags' failed to satisfy constraint: Member must not be null",
+        )
+    })?;
+    let tags = parse_tags(&entries)?;
+    find_stream(core, name)?;
+    control(core, ControlRequest::AddTags { name: name.to_string(), tags })
+        .await
+        .map_err(|error| {
+            if error.kind == "InvalidArgumentException" {
+                KinesisError::invalid_argument(format!(
+                    "Failed to add tags to stream {name} under account {} because a given stream cannot have more than {} tags associated with it.",
+                    core.config.account_id,
+                    crate::limits::STREAM_TAGS_MAX
+                ))
+            } else {
+                error
+            }
+        })?;
+    Ok(Vec::new())
+}
+
+async fn remove_tags(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let keys = input.array("TagKeys")?.ok_or_else(|| {
+        KinesisError::validation(
+            "1 validation error detected: Value null at 'tagKeys' failed to satisfy constraint: Member must not be null",
+        )
+    })?;
+    if keys.is_empty() || keys.len() > 50 {
+        return Err(KinesisError::validation(
+            "1 validation error detected: Value at 'tagKeys' failed to satisfy constraint: Member must have length between 1 and 50",
+        ));
+    }
+    let keys = keys
+        .iter()
+        .map(|k| {
+            k.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| KinesisError::serialization("TagKeys must be strings"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    find_stream(core, name)?;
+    control(
+        core,
+        ControlRequest::RemoveTags {
+            name: name.to_string(),
+            keys,
+        },
+    )
+    .await?;
+    Ok(Vec::new())
+}
+
+fn list_tags(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let page = limit(input, "Limit", 50, 50)?;
+    let after = input.str("ExclusiveStartTagKey")?;
+    let snapshot = find_stream(core, name)?;
+    let Some(stream) = snapshot.stream(name) else {
+        return Err(not_found(core, name));
+    };
+    let tags: Vec<(&String, &String)> = stream
+        .tags
+        .iter()
+        .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+        .collect();
+    let mut out = Out::with_capacity(64 + 64 * tags.len());
+    out.begin_object().array("Tags");
+    for (key, value) in tags.iter().take(page) {
+        out.begin_object()
+            .str("Key", key)
+            .str("Value", value)
+            .end_object();
+    }
+    out.end_array()
+        .bool("HasMoreTags", tags.len() > page)
         .end_object();
     Ok(out.into_bytes())
 }
