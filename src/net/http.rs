@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::io::{AsyncRead, AsyncWrite};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::server::conn::auto;
 
@@ -23,41 +23,8 @@ use crate::server::core::Core;
 /// stalled clients cannot hold connections (and their memory) for ever.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Accepts HTTP connections until `stopping` is set.
-pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, stopping: Rc<Cell<bool>>) {
-    let listener = Rc::new(listener);
-    while !stopping.get() {
-        let accept = async { Some(listener.accept().await) };
-        let tick = async {
-            glommio::timer::sleep(Duration::from_millis(100)).await;
-            None
-        };
-        let Some(accepted) = futures_lite::future::or(accept, tick).await else {
-            continue;
-        };
-        let stream = match accepted {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(core = core.id, %error, "http accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if core.connections.get() >= core.config.net.connections_per_core_max {
-            drop(stream);
-            continue;
-        }
-        let core = core.clone();
-        glommio::spawn_local(async move {
-            core.connections.set(core.connections.get() + 1);
-            serve(core.clone(), stream).await;
-            core.connections.set(core.connections.get() - 1);
-        })
-        .detach();
-    }
-}
-
-async fn serve(core: Rc<Core>, stream: TcpStream) {
+/// Serves one HTTP connection (for [`crate::net::accept_loop`]).
+pub async fn serve(core: Rc<Core>, stream: TcpStream, _stopping: Rc<Cell<bool>>) {
     let _ = stream.set_nodelay(true);
     let last_activity = Rc::new(Cell::new(Instant::now()));
     let io = HyperIo {

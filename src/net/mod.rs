@@ -30,8 +30,17 @@ const SUBSCRIBE_POLL: Duration = Duration::from_millis(500);
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Accepts connections until `stopping` is set.
-pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, stopping: Rc<Cell<bool>>) {
+/// Accepts connections on `listener` until `stopping` is set, and runs `serve` for each on
+/// its own task, within the core's connection limit. Shared by the binary and HTTP ports.
+pub async fn accept_loop<F, Fut>(
+    core: Rc<Core>,
+    listener: TcpListener,
+    stopping: Rc<Cell<bool>>,
+    serve: F,
+) where
+    F: Fn(Rc<Core>, TcpStream, Rc<Cell<bool>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     let listener = Rc::new(listener);
     while !stopping.get() {
         let accept = async { Some(listener.accept().await) };
@@ -58,16 +67,21 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, stopping: Rc<Cel
             drop(stream);
             continue;
         }
+        let served = serve(core.clone(), stream, stopping.clone());
         let core = core.clone();
-        let stopping = stopping.clone();
         glommio::spawn_local(async move {
             core.connections.set(core.connections.get() + 1);
-            if let Err(reason) = serve_connection(&core, stream, stopping).await {
-                tracing::debug!(core = core.id, %reason, "connection closed");
-            }
+            served.await;
             core.connections.set(core.connections.get() - 1);
         })
         .detach();
+    }
+}
+
+/// Serves one binary-protocol connection, logging why it ended.
+pub async fn serve_binary(core: Rc<Core>, stream: TcpStream, stopping: Rc<Cell<bool>>) {
+    if let Err(reason) = serve_connection(&core, stream, stopping).await {
+        tracing::debug!(core = core.id, %reason, "connection closed");
     }
 }
 

@@ -209,12 +209,13 @@ async fn run_core(
         }
     })
     .detach();
-    let http = glommio::spawn_local(net::http::accept_loop(
+    let http = glommio::spawn_local(net::accept_loop(
         core.clone(),
         http_listener,
         local_stop.clone(),
+        net::http::serve,
     ));
-    net::accept_loop(core.clone(), listener, local_stop).await;
+    net::accept_loop(core.clone(), listener, local_stop, net::serve_binary).await;
     http.await;
     let _ = watcher.await;
     tracing::info!(

@@ -138,11 +138,8 @@ async fn control(core: &Rc<Core>, request: ControlRequest) -> Result<Response, W
     }
 }
 
-async fn describe(core: &Rc<Core>, stream_name: &str) -> Result<Response, WireError> {
-    let snapshot = core.snapshot();
-    let stream: &StreamMeta = snapshot
-        .stream(stream_name)
-        .ok_or_else(|| route::stream_not_found(stream_name))?;
+/// The trim horizon and tip of every shard of `stream`, asked of each owner core once.
+pub async fn tips(core: &Rc<Core>, stream: &StreamMeta) -> BTreeMap<u32, (u64, u64)> {
     let mut by_core: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
     for shard in &stream.shards {
         by_core
@@ -167,6 +164,15 @@ async fn describe(core: &Rc<Core>, stream_name: &str) -> Result<Response, WireEr
             }
         }
     }
+    tips
+}
+
+async fn describe(core: &Rc<Core>, stream_name: &str) -> Result<Response, WireError> {
+    let snapshot = core.snapshot();
+    let stream: &StreamMeta = snapshot
+        .stream(stream_name)
+        .ok_or_else(|| route::stream_not_found(stream_name))?;
+    let tips = tips(core, stream).await;
     let shards = stream
         .shards
         .iter()

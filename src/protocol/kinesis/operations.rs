@@ -251,35 +251,6 @@ async fn control(core: &Rc<Core>, request: ControlRequest) -> Result<(), Kinesis
     }
 }
 
-/// Oldest and next sequence numbers of every shard of a stream, from their owners.
-async fn tips(core: &Rc<Core>, stream: &StreamMeta) -> std::collections::HashMap<u32, (u64, u64)> {
-    let mut by_core: std::collections::BTreeMap<u16, Vec<u32>> = std::collections::BTreeMap::new();
-    for shard in &stream.shards {
-        by_core
-            .entry(shard.owner_core)
-            .or_default()
-            .push(shard.index);
-    }
-    let calls = by_core.into_iter().map(|(owner, shards)| {
-        core.call(
-            usize::from(owner),
-            CoreRequest::Tips {
-                stream_id: stream.id,
-                shards,
-            },
-        )
-    });
-    let mut out = std::collections::HashMap::new();
-    for reply in futures::future::join_all(calls).await {
-        if let CoreReply::Tips(list) = reply {
-            for (index, trim, tip) in list {
-                out.insert(index, (trim, tip));
-            }
-        }
-    }
-    out
-}
-
 fn write_shard(out: &mut Out, shard: &catalog::ShardMeta, trim: u64) {
     out.begin_object()
         .str("ShardId", &shard_id(shard.index))
@@ -338,7 +309,7 @@ async fn describe_stream(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u
         Some(id) => parse_shard_id(id).map(i64::from).unwrap_or(-1),
         None => -1,
     };
-    let tips = tips(core, stream).await;
+    let tips = crate::server::requests::tips(core, stream).await;
     let listed: Vec<&catalog::ShardMeta> = stream
         .shards
         .iter()
@@ -482,7 +453,7 @@ async fn list_shards(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
     let Some(stream) = snapshot.stream(&name) else {
         return Err(not_found(core, &name));
     };
-    let tips = tips(core, stream).await;
+    let tips = crate::server::requests::tips(core, stream).await;
     let listed: Vec<&catalog::ShardMeta> = stream
         .shards
         .iter()
