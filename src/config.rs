@@ -40,6 +40,26 @@ pub struct Config {
     /// Access keys whose SigV4 signatures the Kinesis API verifies; empty = accept any
     /// well-formed signature.
     pub auth_keys: Vec<AccessKey>,
+    pub kinesis: KinesisConfig,
+}
+
+/// Behaviour of the Kinesis API that tests and emulations tune.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KinesisConfig {
+    /// How long a shard iterator stays valid, in milliseconds (Kinesis: 5 minutes).
+    pub iterator_ttl_ms: u64,
+    /// How long a stream stays CREATING or DELETING before it is ACTIVE or gone, in
+    /// milliseconds. 0 (the default) makes both immediate.
+    pub stream_transition_ms: u64,
+}
+
+impl Default for KinesisConfig {
+    fn default() -> KinesisConfig {
+        KinesisConfig {
+            iterator_ttl_ms: limits::ITERATOR_TTL_MS,
+            stream_transition_ms: 0,
+        }
+    }
 }
 
 /// One access key the Kinesis API accepts when signatures are verified.
@@ -76,6 +96,7 @@ impl Default for Config {
             commit: CommitConfig::default(),
             net: NetConfig::default(),
             auth_keys: Vec::new(),
+            kinesis: KinesisConfig::default(),
         }
     }
 }
@@ -105,6 +126,14 @@ struct FileConfig {
     commit: Option<FileCommit>,
     net: Option<FileNet>,
     auth: Option<FileAuth>,
+    kinesis: Option<FileKinesis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKinesis {
+    iterator_ttl: Option<String>,
+    stream_transition: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +260,14 @@ impl Config {
         if let Some(v) = net.core_channel_messages {
             config.net.core_channel_messages = v;
         }
+        let kinesis = file.kinesis.unwrap_or_default();
+        if let Some(v) = kinesis.iterator_ttl {
+            config.kinesis.iterator_ttl_ms = parse_duration_us("kinesis.iterator_ttl", &v)? / 1000;
+        }
+        if let Some(v) = kinesis.stream_transition {
+            config.kinesis.stream_transition_ms =
+                parse_duration_us("kinesis.stream_transition", &v)? / 1000;
+        }
         if let Some(keys) = file.auth.and_then(|a| a.keys) {
             config.auth_keys = keys;
         }
@@ -324,6 +361,15 @@ impl Config {
                 "every key needs a non-empty access_key and secret",
             ));
         }
+        if self.kinesis.iterator_ttl_ms == 0 {
+            return Err(invalid("kinesis.iterator_ttl", "must be above 0"));
+        }
+        if self.kinesis.stream_transition_ms > 600_000 {
+            return Err(invalid(
+                "kinesis.stream_transition",
+                "must be at most 600 s",
+            ));
+        }
         if self.net.core_channel_messages == 0 {
             return Err(invalid("net.core_channel_messages", "must be above 0"));
         }
@@ -394,7 +440,13 @@ pub fn parse_duration_us(key: &'static str, text: &str) -> Result<u64, ConfigErr
         "us" | "µs" => 1,
         "ms" => 1_000,
         "s" => 1_000_000,
-        _ => return Err(invalid(key, format!("`{text}` needs a unit: us, ms or s"))),
+        "min" => 60_000_000,
+        _ => {
+            return Err(invalid(
+                key,
+                format!("`{text}` needs a unit: us, ms, s or min"),
+            ));
+        }
     };
     let value: u64 = number
         .parse()

@@ -35,8 +35,8 @@ fn boto3_works_against_spate_with_only_an_endpoint_url() {
     server.stop();
 }
 
-#[test]
-fn sigv4_is_verified_when_keys_are_configured() {
+/// Starts a server with `config` as its config file and runs a Python test script on it.
+fn run_python_with_config(config: &str, script: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join("target/pyenv/bin/python");
     assert!(
@@ -44,24 +44,35 @@ fn sigv4_is_verified_when_keys_are_configured() {
         "run `bash scripts/test.sh` to install boto3"
     );
     let dir = temp_dir();
-    let config = dir.path().join("spate.toml");
-    std::fs::write(
-        &config,
-        "[auth]\nkeys = [{ access_key = \"AKIDSPATE\", secret = \"s3cr3t/key\" }]\n",
-    )
-    .expect("config");
-    let data = dir.path().join("data");
-    let config_arg = config.to_string_lossy().into_owned();
-    let server = Server::start_with(&data, &["--config", &config_arg]);
+    let config_path = dir.path().join("spate.toml");
+    std::fs::write(&config_path, config).expect("config");
+    let config_arg = config_path.to_string_lossy().into_owned();
+    let server = Server::start_with(&dir.path().join("data"), &["--config", &config_arg]);
     let output = Command::new(&python)
-        .arg(root.join("tests/kinesis/boto3_auth.py"))
+        .arg(root.join("tests/kinesis").join(script))
         .arg(&server.endpoint)
         .output()
         .expect("run python");
     let report = String::from_utf8_lossy(&output.stderr);
     eprintln!("{report}");
-    assert!(output.status.success(), "SigV4 tests failed:\n{report}");
+    assert!(output.status.success(), "{script} failed:\n{report}");
     server.stop();
+}
+
+#[test]
+fn streams_pass_through_creating_and_deleting_and_iterators_expire() {
+    run_python_with_config(
+        "[kinesis]\nstream_transition = \"300 ms\"\niterator_ttl = \"1 s\"\n",
+        "boto3_transitions.py",
+    );
+}
+
+#[test]
+fn sigv4_is_verified_when_keys_are_configured() {
+    run_python_with_config(
+        "[auth]\nkeys = [{ access_key = \"AKIDSPATE\", secret = \"s3cr3t/key\" }]\n",
+        "boto3_auth.py",
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use futures::future::join_all;
 
-use crate::catalog;
+use crate::catalog::{self, StreamStatus};
 use crate::log::{RecordIn, batch};
 use crate::protocol::binary::{PutEntry, PutResult, Status, WireError};
 use crate::server::core::{Core, CoreReply, CoreRequest};
@@ -25,8 +25,10 @@ pub async fn put_records(
     arrival_us: u64,
 ) -> Result<Vec<PutResult>, WireError> {
     let snapshot = core.snapshot();
+    // Records go only to a stream that is ACTIVE (or UPDATING), as in Kinesis.
     let stream = snapshot
         .stream(stream_name)
+        .filter(|s| matches!(s.status, StreamStatus::Active | StreamStatus::Updating))
         .ok_or_else(|| stream_not_found(stream_name))?;
     let count = entries.len();
     let mut records = Vec::with_capacity(count);

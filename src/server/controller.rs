@@ -9,7 +9,7 @@ use std::rc::Rc;
 use futures::future::join_all;
 use glommio::sync::Semaphore;
 
-use crate::catalog::{Catalog, CatalogError, StreamMeta};
+use crate::catalog::{Catalog, CatalogError, StreamMeta, StreamStatus};
 use crate::protocol::binary::{Response, Status, WireError};
 use crate::server::core::{Core, CoreReply, CoreRequest};
 
@@ -34,6 +34,14 @@ pub enum ControlRequest {
     RemoveTags {
         name: String,
         keys: Vec<String>,
+    },
+    /// Ends a CREATING period: the stream becomes ACTIVE.
+    FinishCreate {
+        name: String,
+    },
+    /// Ends a DELETING period: the stream and its files go.
+    FinishDelete {
+        name: String,
     },
 }
 
@@ -91,6 +99,7 @@ impl Controller {
             .map_err(|e| WireError::new(Status::Internal, e.to_string()))?;
         let mut next = self.catalog.borrow().clone();
         let data_dir = core.data_dir();
+        let transition_ms = core.config.kinesis.stream_transition_ms;
         let deleted = match request {
             ControlRequest::CreateStream {
                 name,
@@ -100,14 +109,25 @@ impl Controller {
                 let retention = core.config.log.retention_hours;
                 next.create_stream(&name, shard_count, core.cores, retention, now_us())
                     .map_err(catalog_error)?;
-                next.stream_mut(&name)
-                    .map_err(catalog_error)?
-                    .tags
-                    .extend(tags);
+                let stream = next.stream_mut(&name).map_err(catalog_error)?;
+                stream.tags.extend(tags);
+                if transition_ms > 0 {
+                    stream.status = StreamStatus::Creating;
+                    later(core, transition_ms, ControlRequest::FinishCreate { name });
+                }
                 Vec::new()
             }
-            ControlRequest::DeleteStream { name } => {
+            ControlRequest::DeleteStream { name } if transition_ms > 0 => {
+                next.stream_mut(&name).map_err(catalog_error)?.status = StreamStatus::Deleting;
+                later(core, transition_ms, ControlRequest::FinishDelete { name });
+                Vec::new()
+            }
+            ControlRequest::DeleteStream { name } | ControlRequest::FinishDelete { name } => {
                 vec![next.delete_stream(&name).map_err(catalog_error)?]
+            }
+            ControlRequest::FinishCreate { name } => {
+                next.stream_mut(&name).map_err(catalog_error)?.status = StreamStatus::Active;
+                Vec::new()
             }
             ControlRequest::SetRetention { name, hours } => {
                 next.stream_mut(&name)
@@ -150,6 +170,41 @@ impl Controller {
         }
         Ok(Response::Empty)
     }
+}
+
+/// Sends `request` to the controller after `delay_ms` (the end of a CREATING or DELETING
+/// period).
+fn later(core: &Rc<Core>, delay_ms: u64, request: ControlRequest) {
+    let core = core.clone();
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        if let CoreReply::Control(Err(error)) = core.call(0, CoreRequest::Control(request)).await {
+            tracing::warn!(%error, "ending a stream transition failed");
+        }
+    })
+    .detach();
+}
+
+/// Settles transitions a restart interrupted: CREATING streams become ACTIVE, DELETING
+/// ones are removed. Returns whether anything changed.
+pub fn settle_transitions(catalog: &mut Catalog) -> bool {
+    let deleting: Vec<String> = catalog
+        .streams
+        .values()
+        .filter(|s| s.status == StreamStatus::Deleting)
+        .map(|s| s.name.clone())
+        .collect();
+    let mut changed = !deleting.is_empty();
+    for name in deleting {
+        let _ = catalog.delete_stream(&name);
+    }
+    for stream in catalog.streams.values_mut() {
+        if stream.status == StreamStatus::Creating {
+            stream.status = StreamStatus::Active;
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// Removes stream folders the catalog no longer knows (a delete interrupted by a crash).

@@ -117,6 +117,7 @@ impl Core {
         iterator_key: [u8; 32],
     ) -> Rc<Core> {
         let committer = Committer::start(config.commit.clone());
+        let iterator_ttl_ms = config.kinesis.iterator_ttl_ms;
         Rc::new(Core {
             id,
             cores,
@@ -130,7 +131,7 @@ impl Core {
             controller,
             connections: Cell::new(0),
             ready: RefCell::new(Some(Vec::new())),
-            iterator_key: IteratorKey::new(iterator_key),
+            iterator_key: IteratorKey::new(iterator_key, iterator_ttl_ms),
             json_buffers: RefCell::new(simd_json::Buffers::with_max_depth(4096, JSON_DEPTH_MAX)),
             request_number: Cell::new(0),
         })

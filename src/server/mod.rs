@@ -177,6 +177,13 @@ async fn run_core(
         let catalog = Catalog::load(&config.data_dir)
             .await
             .map_err(|e| e.to_string())?;
+        let mut catalog = catalog;
+        if controller::settle_transitions(&mut catalog) {
+            catalog
+                .persist(&config.data_dir)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         controller::remove_orphans(&catalog, &config.data_dir);
         Some(Controller::new(catalog))
     } else {

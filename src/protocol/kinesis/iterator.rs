@@ -12,8 +12,6 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::limits::ITERATOR_TTL_MS;
-
 const BODY_BYTES: usize = 28;
 const MAC_BYTES: usize = 16;
 
@@ -38,11 +36,17 @@ pub enum IteratorError {
 /// Seals and opens iterators with one key.
 pub struct IteratorKey {
     key: [u8; 32],
+    ttl_ms: u64,
 }
 
 impl IteratorKey {
-    pub fn new(key: [u8; 32]) -> IteratorKey {
-        IteratorKey { key }
+    /// A key whose iterators live `ttl_ms` milliseconds.
+    pub fn new(key: [u8; 32], ttl_ms: u64) -> IteratorKey {
+        IteratorKey { key, ttl_ms }
+    }
+
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms
     }
 
     fn mac(&self, body: &[u8]) -> [u8; MAC_BYTES] {
@@ -67,7 +71,7 @@ impl IteratorKey {
         base64_simd::URL_SAFE_NO_PAD.encode_to_string(raw)
     }
 
-    /// Opens an iterator issued at most [`ITERATOR_TTL_MS`] before `now_ms`.
+    /// Opens an iterator issued at most the time-to-live before `now_ms`.
     ///
     /// # Errors
     /// [`IteratorError`].
@@ -101,7 +105,7 @@ impl IteratorKey {
             seq: u64_at(12),
             issued_ms: u64_at(20),
         };
-        if now_ms.saturating_sub(state.issued_ms) > ITERATOR_TTL_MS {
+        if now_ms.saturating_sub(state.issued_ms) > self.ttl_ms {
             return Err(IteratorError::Expired {
                 issued_ms: state.issued_ms,
                 now_ms,
@@ -139,10 +143,11 @@ pub fn load_or_create_key(data_dir: &std::path::Path) -> Result<[u8; 32], String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::ITERATOR_TTL_MS;
 
     #[test]
     fn iterators_round_trip_and_reject_edits_forgeries_and_age() {
-        let key = IteratorKey::new([7; 32]);
+        let key = IteratorKey::new([7; 32], ITERATOR_TTL_MS);
         let state = IteratorState {
             stream_id: 3,
             shard: 9,
@@ -156,7 +161,7 @@ mod tests {
         edited[5] = if edited[5] == b'A' { b'B' } else { b'A' };
         let edited = String::from_utf8(edited).expect("ascii");
         assert_eq!(key.open(&edited, 1_000_000), Err(IteratorError::Invalid));
-        let other = IteratorKey::new([8; 32]);
+        let other = IteratorKey::new([8; 32], ITERATOR_TTL_MS);
         assert_eq!(other.open(&text, 1_000_000), Err(IteratorError::Invalid));
         assert_eq!(key.open("not an iterator", 0), Err(IteratorError::Invalid));
         assert!(matches!(

@@ -955,7 +955,7 @@ async fn get_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
         IteratorError::Expired { issued_ms, now_ms } => KinesisError::expired_iterator(format!(
             "Iterator expired. The iterator was created at time {issued_ms} while right now it is {now_ms} \
              which is further in the future than the tolerated delay of {} milliseconds.",
-            crate::limits::ITERATOR_TTL_MS
+            core.iterator_key.ttl_ms()
         )),
     })?;
     let snapshot = core.snapshot();

@@ -1,0 +1,70 @@
+"""Stream state transitions and iterator expiry with boto3, against a spate started with
+[kinesis] stream_transition = "300 ms" and iterator_ttl = "1 s".
+Usage: python boto3_transitions.py http://127.0.0.1:PORT
+"""
+import sys
+import time
+import unittest
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+ENDPOINT = sys.argv.pop(1)
+k = boto3.client(
+    "kinesis", endpoint_url=ENDPOINT, region_name="us-east-1",
+    aws_access_key_id="a", aws_secret_access_key="b",
+    config=botocore.config.Config(retries={"max_attempts": 1}),
+)
+
+
+def status(name):
+    return k.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"]
+
+
+def wait_for(predicate, seconds=10):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def code_of(call):
+    try:
+        call()
+    except botocore.exceptions.ClientError as error:
+        return error.response["Error"]["Code"]
+    raise AssertionError("expected an error")
+
+
+class Transitions(unittest.TestCase):
+    def test_creating_then_active(self):
+        k.create_stream(StreamName="slow", ShardCount=1)
+        self.assertEqual(status("slow"), "CREATING")
+        self.assertEqual(code_of(lambda: k.put_record(StreamName="slow", Data=b"x", PartitionKey="k")), "ResourceNotFoundException")
+        self.assertTrue(wait_for(lambda: status("slow") == "ACTIVE"))
+        k.put_record(StreamName="slow", Data=b"x", PartitionKey="k")
+
+    def test_deleting_then_gone(self):
+        k.create_stream(StreamName="going", ShardCount=1)
+        self.assertTrue(wait_for(lambda: status("going") == "ACTIVE"))
+        k.delete_stream(StreamName="going")
+        self.assertEqual(status("going"), "DELETING")
+        self.assertTrue(wait_for(lambda: "going" not in k.list_streams()["StreamNames"]))
+        self.assertEqual(code_of(lambda: status("going")), "ResourceNotFoundException")
+
+    def test_iterators_expire(self):
+        k.create_stream(StreamName="ttl", ShardCount=1)
+        self.assertTrue(wait_for(lambda: status("ttl") == "ACTIVE"))
+        iterator = k.get_shard_iterator(StreamName="ttl", ShardId="shardId-000000000000",
+                                        ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        k.get_records(ShardIterator=iterator)
+        time.sleep(1.5)
+        self.assertEqual(code_of(lambda: k.get_records(ShardIterator=iterator)), "ExpiredIteratorException")
+
+
+if __name__ == "__main__":
+    result = unittest.main(exit=False, verbosity=2).result
+    sys.exit(0 if result.wasSuccessful() and result.testsRun > 0 else 1)
