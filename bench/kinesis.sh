@@ -55,6 +55,13 @@ server_pid=$!
 until grep -q serving "$work/serve.out" 2>/dev/null; do sleep 0.2; done
 create "http://127.0.0.1:$((port + 2))"
 offer spate "http://127.0.0.1:$((port + 2))/"
+own() { # name address
+  echo "spate load --protocol kinesis against $1" >&2
+  ./target/release/spate load --protocol kinesis --server "$2" --stream bench --batch 500 \
+      --connections 2 --in-flight "$((connections / 2))" --duration "$run_seconds" --warmup 1 \
+      --json "$work/own-$1.json" --hgrm "$work/own-$1.hgrm" >&2
+}
+own spate "127.0.0.1:$((port + 2))"
 peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
 kill -TERM "$server_pid"; wait "$server_pid" || true; server_pid=
 
@@ -63,6 +70,7 @@ kl_pid=$!
 sleep 2
 create "http://127.0.0.1:$kl_port"
 offer kinesalite "http://127.0.0.1:$kl_port/"
+own kinesalite "127.0.0.1:$kl_port"
 
 python3 - "$work" "$run_seconds" "$connections" "$peak_kb" <<'PY' | tee -a bench/RESULTS.md
 import datetime, os, platform, subprocess, sys
@@ -76,6 +84,11 @@ def parse(name):
     return {"records_per_s": requests * 500 / float(seconds), "errors": int(values["errors_status"]) + int(values["errors_socket"]),
             "p50": int(values["p50_us"]) / 1000, "p99": int(values["p99_us"]) / 1000}
 spate, kl = parse("spate"), parse("kinesalite")
+import json
+def own(name):
+    j = json.load(open(f"{work}/own-{name}.json"))
+    return {"records_per_s": j["records_per_s"], "errors": j["errors"], "p50": j["latency_ms"]["p50"], "p99": j["latency_ms"]["p99"]}
+own_spate, own_kl = own("spate"), own("kinesalite")
 commit = sh("git rev-parse --short HEAD") + (" (dirty)" if sh("git status --porcelain -- src") else "")
 cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
 print(f"\n## Kinesis API puts, spate and kinesalite — {datetime.date.today()}\n")
@@ -83,9 +96,12 @@ print(f"- command: `bench/kinesis.sh` (RUN_SECONDS={seconds}, CONNECTIONS={conns
 print(f"- machine: {os.cpu_count()} cores, {cpu}, kernel {platform.release()}; server and wrk share it")
 print(f"- load: `wrk -t1 -c{conns}` with bench/kinesis/put_records.lua: PutRecords of 500 x 100 B over HTTP/1.1 keep-alive")
 print("- durability: spate acknowledges after fdatasync; kinesalite 3.3.3 keeps records in memory (no --path)\n")
-print("| system | records/s | PutRecords p50 / p99 (ms) | errors | vs spate |")
-print("|---|---|---|---|---|")
-for name, r in (("spate", spate), ("kinesalite", kl)):
-    print(f"| {name} | {r['records_per_s']:,.0f} | {r['p50']:.1f} / {r['p99']:.1f} | {r['errors']} | {r['records_per_s']/spate['records_per_s']:.3f} |")
-print(f"\nspate is {spate['records_per_s']/max(kl['records_per_s'],1):.0f}x kinesalite; spate's peak RSS {int(peak_kb)/1024:.0f} MiB.")
+print("| load tool | system | records/s | PutRecords p50 / p99 (ms) | errors | vs spate |")
+print("|---|---|---|---|---|---|")
+for tool, rows in (("wrk", (("spate", spate), ("kinesalite", kl))), ("spate load --protocol kinesis", (("spate", own_spate), ("kinesalite", own_kl)))):
+    base = rows[0][1]["records_per_s"]
+    for name, r in rows:
+        print(f"| {tool} | {name} | {r['records_per_s']:,.0f} | {r['p50']:.1f} / {r['p99']:.1f} | {r['errors']} | {r['records_per_s']/base:.3f} |")
+print(f"\nWith wrk spate is {spate['records_per_s']/max(kl['records_per_s'],1):.0f}x kinesalite; with spate load "
+      f"{own_spate['records_per_s']/max(own_kl['records_per_s'],1):.0f}x. spate's peak RSS {int(peak_kb)/1024:.0f} MiB.")
 PY

@@ -117,6 +117,10 @@ enum Command {
     /// corrected). Without it, the load is closed loop at the maximum rate. Writes a JSON
     /// summary and an .hgrm percentile distribution.
     Load {
+        /// `binary` (spate's protocol, --server) or `kinesis` (PutRecords over HTTP to
+        /// --server, which is then the Kinesis API address, e.g. 127.0.0.1:4567).
+        #[arg(long, default_value = "binary")]
+        protocol: String,
         /// The stream to put into; created with --shards when missing.
         #[arg(long, default_value = "load")]
         stream: String,
@@ -280,6 +284,7 @@ fn main() -> ExitCode {
             run_log_bench(options)
         }
         Command::Load {
+            protocol,
             stream,
             shards,
             record_bytes,
@@ -305,7 +310,13 @@ fn main() -> ExitCode {
             }
             let target =
                 spate::config::parse_addr("--server", &server.server).map_err(|e| e.to_string())?;
+            let protocol = match protocol.as_str() {
+                "binary" => spate::load::LoadProtocol::Binary,
+                "kinesis" => spate::load::LoadProtocol::Kinesis,
+                other => return Err(format!("--protocol `{other}`: use binary or kinesis")),
+            };
             let options = spate::load::LoadOptions {
+                protocol,
                 target,
                 stream,
                 shards,

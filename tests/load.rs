@@ -86,3 +86,49 @@ fn load_creates_its_stream_puts_and_reports_what_the_server_stored() {
     );
     server.stop();
 }
+
+#[test]
+fn load_speaks_the_kinesis_api_too() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let out = temp_dir();
+    let json = out.path().join("summary.json");
+    let target = server.endpoint.trim_start_matches("http://").to_string();
+    let status = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args([
+            "load",
+            "--protocol",
+            "kinesis",
+            "--stream",
+            "viahttp",
+            "--shards",
+            "2",
+        ])
+        .args(["--batch", "100", "--connections", "1", "--in-flight", "2"])
+        .args(["--duration", "1", "--warmup", "0", "--server", &target])
+        .arg("--json")
+        .arg(&json)
+        .arg("--hgrm")
+        .arg(out.path().join("latency.hgrm"))
+        .status()
+        .expect("run spate load");
+    assert!(status.success());
+    let summary = std::fs::read_to_string(&json).expect("summary");
+    assert!(summary.contains("\"protocol\":\"Kinesis\""), "{summary}");
+    assert!(summary.contains("\"errors\":0"), "{summary}");
+    assert!(!summary.contains("\"records\":0,"), "{summary}");
+    let addr = server.addr;
+    let stored = run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        let description = client.describe_stream("viahttp").await.expect("describe");
+        description.shards.iter().map(|s| s.tip_seq).sum::<u64>()
+    });
+    let records: u64 = summary
+        .split("\"records\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("records");
+    assert_eq!(stored, records, "{summary}");
+    server.stop();
+}

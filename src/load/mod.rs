@@ -6,6 +6,7 @@
 //! Latencies go into HdrHistograms, merged at the end; progress prints every second.
 //! Server errors are counted and shown, never retried.
 
+pub mod kinesis;
 pub mod report;
 
 use std::sync::Arc;
@@ -18,9 +19,20 @@ use hdrhistogram::Histogram;
 use crate::client::{Client, ClientError};
 use crate::protocol::binary::{PutEntry, Status};
 
+/// Which protocol the load speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadProtocol {
+    /// spate's binary protocol, pipelined on each connection.
+    Binary,
+    /// Kinesis PutRecords over HTTP/1.1 keep-alive, one request at a time per connection
+    /// (each in-flight slot gets a connection of its own).
+    Kinesis,
+}
+
 /// What `spate load` was asked to do.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
+    pub protocol: LoadProtocol,
     pub target: std::net::SocketAddr,
     pub stream: String,
     /// Shards of the stream when it has to be created.
@@ -143,18 +155,23 @@ pub async fn run_worker(
         .rate
         .map(|r| r / options.connections.max(1) as f64 / options.batch as f64);
     for c in 0..connections {
-        let client = std::rc::Rc::new(
-            Client::connect(options.target)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        let sender = match options.protocol {
+            LoadProtocol::Binary => Sender::Binary(std::rc::Rc::new(
+                Client::connect(options.target)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )),
+            LoadProtocol::Kinesis => Sender::Kinesis(std::rc::Rc::new(
+                kinesis::Pool::connect(options.target, options.in_flight).await?,
+            )),
+        };
         let options = options.clone();
         let counters = counters.clone();
         let payload = payload.clone();
         let seed = ((worker as u64) << 32) | c as u64;
         tasks.push(glommio::spawn_local(async move {
             drive_connection(
-                client,
+                sender,
                 options,
                 per_connection_rate,
                 counters,
@@ -185,6 +202,26 @@ pub async fn run_worker(
     Ok(merged)
 }
 
+/// Where a connection's puts go.
+#[derive(Clone)]
+enum Sender {
+    Binary(std::rc::Rc<Client>),
+    Kinesis(std::rc::Rc<kinesis::Pool>),
+}
+
+impl Sender {
+    async fn put_records(
+        &self,
+        stream: &str,
+        records: Vec<PutEntry>,
+    ) -> Result<Vec<crate::protocol::binary::PutResult>, ClientError> {
+        match self {
+            Sender::Binary(client) => client.put_records(stream, records).await,
+            Sender::Kinesis(pool) => pool.put_records(stream, records).await,
+        }
+    }
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     // 1 us .. 1 hour, 3 significant digits: constant bounds that the crate accepts, so a
     // failure here is a bug of ours, not something input can cause.
@@ -202,7 +239,7 @@ struct Shared {
 
 #[allow(clippy::too_many_arguments)]
 async fn drive_connection(
-    client: std::rc::Rc<Client>,
+    sender: Sender,
     options: LoadOptions,
     requests_per_s: Option<f64>,
     counters: Arc<Counters>,
@@ -256,12 +293,12 @@ async fn drive_connection(
                 explicit_hash_key: None,
             });
         }
-        let client = client.clone();
+        let sender = sender.clone();
         let shared = shared.clone();
         let counters = counters.clone();
         let stream = options.stream.clone();
         glommio::spawn_local(async move {
-            let result = client.put_records(&stream, records).await;
+            let result = sender.put_records(&stream, records).await;
             let latency_us = u64::try_from(intended.elapsed().as_micros())
                 .unwrap_or(u64::MAX)
                 .max(1);

@@ -77,7 +77,7 @@ impl LoadReport {
     pub fn to_json(&self, options: &LoadOptions) -> String {
         format!(
             concat!(
-                "{{\"mode\":\"{}\",\"target\":\"{}\",\"stream\":\"{}\",\"record_bytes_min\":{},",
+                "{{\"mode\":\"{}\",\"protocol\":\"{:?}\",\"target\":\"{}\",\"stream\":\"{}\",\"record_bytes_min\":{},",
                 "\"record_bytes_max\":{},\"batch\":{},\"connections\":{},\"in_flight\":{},",
                 "\"rate\":{},\"seconds\":{:.3},\"records\":{},\"bytes\":{},\"requests\":{},",
                 "\"errors\":{},\"rejected_records\":{},\"records_per_s\":{:.1},\"mb_per_s\":{:.3},",
@@ -85,6 +85,7 @@ impl LoadReport {
                 "\"p99_99\":{:.3},\"max\":{:.3}}}}}"
             ),
             self.mode,
+            options.protocol,
             options.target,
             options.stream,
             options.record_bytes_min,
@@ -228,6 +229,13 @@ fn ensure_stream(options: &LoadOptions) -> Result<(), String> {
     let target = options.target;
     let stream = options.stream.clone();
     let shards = options.shards;
+    if options.protocol == crate::load::LoadProtocol::Kinesis {
+        return crate::runtime::run_on_executor("load-setup", move || async move {
+            let pool = crate::load::kinesis::Pool::connect(target, 1).await?;
+            pool.ensure_stream(&stream, shards).await
+        })
+        .map_err(|e| e.to_string())?;
+    }
     crate::runtime::run_on_executor("load-setup", move || async move {
         let client = Client::connect(target).await.map_err(|e| e.to_string())?;
         match client.describe_stream(&stream).await {

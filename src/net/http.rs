@@ -77,10 +77,19 @@ where
 }
 
 /// glommio's socket, seen through hyper's I/O traits. Notes the time of every transfer
-/// for the idle timeout.
-struct HyperIo {
+/// for the idle timeout. Also used by the load generator's HTTP client.
+pub struct HyperIo {
     stream: TcpStream,
     last_activity: Rc<Cell<Instant>>,
+}
+
+impl HyperIo {
+    pub fn new(stream: TcpStream) -> HyperIo {
+        HyperIo {
+            stream,
+            last_activity: Rc::new(Cell::new(Instant::now())),
+        }
+    }
 }
 
 impl Read for HyperIo {
