@@ -15,6 +15,7 @@
 //! * [`limits`] — every hard bound, with its reason.
 //! * [`log`] — the shard log: batches, segments, indexes, reads, retention, recovery.
 //! * [`commit`] — the per-core group committer.
+//! * [`metrics`] — per-core HdrHistograms and counters, Prometheus text for `/metrics`.
 //! * [`runtime`] — starting glommio executors within the machine's memlock limit.
 //! * [`tools`] — the log benchmark and the crash writer, which drive the log directly.
 
@@ -25,6 +26,7 @@ pub mod config;
 pub mod limits;
 pub mod load;
 pub mod log;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod route;

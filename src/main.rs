@@ -167,6 +167,16 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// A live view of a running server, refreshed each second: records/s, MB/s,
+    /// fsyncs/s, and latency percentiles per operation and per core.
+    Stats {
+        /// The server's Kinesis API (HTTP) address, where /metrics is served.
+        #[arg(long, default_value = "127.0.0.1:4567")]
+        http: String,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// (testing) Append to a shard log forever, printing each durable acknowledgement.
     #[command(hide = true)]
     CrashWriter {
@@ -341,6 +351,13 @@ fn main() -> ExitCode {
             eprintln!("load: wrote {} and {}", json.display(), hgrm.display());
             Ok(())
         })(),
+        Command::Stats { http, count } => spate::config::parse_addr("--http", &http)
+            .map_err(|e| e.to_string())
+            .and_then(|target| {
+                let options = spate::tools::stats::StatsOptions { target, count };
+                spate::runtime::run_on_executor("stats", move || spate::tools::stats::run(options))
+                    .map_err(|e| e.to_string())?
+            }),
         Command::CrashWriter {
             dir,
             segment_bytes,

@@ -132,3 +132,52 @@ fn load_speaks_the_kinesis_api_too() {
     assert_eq!(stored, records, "{summary}");
     server.stop();
 }
+
+#[test]
+fn metrics_count_what_was_put_and_stats_shows_them() {
+    use std::io::{Read, Write};
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    let acked = run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        client.create_stream("measured", 2).await.expect("create");
+        let records = (0..300)
+            .map(|i| common::entry(&format!("k{i}"), vec![1; 10]))
+            .collect();
+        client
+            .put_records("measured", records)
+            .await
+            .expect("put")
+            .len()
+    });
+    let http = server.endpoint.trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&http).expect("connect");
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    socket.read_to_string(&mut text).expect("read");
+    let samples = spate::tools::stats::parse(&text);
+    let appended: f64 = samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("spate_records_in_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(appended as usize, acked, "{text}");
+    assert!(
+        text.contains("spate_latency_seconds_count{op=\"put\",core=\"all\"} 1"),
+        "{text}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["stats", "--count", "1", "--http", &http])
+        .output()
+        .expect("run spate stats");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert!(
+        screen.contains("records/s") && screen.contains("commit"),
+        "{screen}"
+    );
+    server.stop();
+}

@@ -98,6 +98,8 @@ pub struct Committer {
     stats: Cell<CommitStats>,
     closing: Cell<bool>,
     task: RefCell<Option<JoinHandle<()>>>,
+    /// Duration of each commit round, in microseconds.
+    round_latency: RefCell<hdrhistogram::Histogram<u64>>,
 }
 
 impl Committer {
@@ -119,6 +121,10 @@ impl Committer {
             stats: Cell::new(CommitStats::default()),
             closing: Cell::new(false),
             task: RefCell::new(None),
+            round_latency: RefCell::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("constant histogram bounds are valid"),
+            ),
         });
         let runner = committer.clone();
         // The committer runs in a task queue of its own that declares latency matters: the
@@ -152,6 +158,11 @@ impl Committer {
 
     pub fn stats(&self) -> CommitStats {
         self.stats.get()
+    }
+
+    /// A copy of the commit-round latency histogram (microseconds).
+    pub fn round_latency(&self) -> hdrhistogram::Histogram<u64> {
+        self.round_latency.borrow().clone()
     }
 
     /// Waits until `bytes` more may be pending on this core (backpressure).
@@ -228,7 +239,8 @@ impl Committer {
             shard.queued.set(false);
         }
         self.queued_bytes.set(0);
-        self.last_start.set(Some(Instant::now()));
+        let started = Instant::now();
+        self.last_start.set(Some(started));
         let sync = !self.config.ack_before_sync;
         let results = join_all(shards.iter().map(|shard| shard.commit(sync))).await;
         let mut stats = self.stats.get();
@@ -246,6 +258,8 @@ impl Committer {
             self.budget.signal(taken_bytes as u64);
         }
         self.stats.set(stats);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let _ = self.round_latency.borrow_mut().record(micros.max(1));
     }
 }
 

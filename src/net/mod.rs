@@ -191,6 +191,7 @@ async fn serve_frame(
     out: &Rc<LocalSender<Bytes>>,
     closed: &Rc<Cell<bool>>,
 ) {
+    let started = std::time::Instant::now();
     let id = header.request_id;
     let body = frame.slice(HEADER_BYTES..);
     let request = match Request::decode(header.kind, body) {
@@ -212,11 +213,33 @@ async fn serve_frame(
         return;
     }
     let mut frame = BytesMut::new();
-    match requests::handle(core, request).await {
-        Ok(response) => response.encode(op, id, &mut frame),
-        Err(error) => binary::encode_error(op as u8, id, &error, &mut frame),
-    }
+    let failed = match requests::handle(core, request).await {
+        Ok(response) => {
+            response.encode(op, id, &mut frame);
+            false
+        }
+        Err(error) => {
+            binary::encode_error(op as u8, id, &error, &mut frame);
+            true
+        }
+    };
     let _ = out.send(frame.freeze()).await;
+    record(core, op, started, failed);
+}
+
+/// Counts a served request and records its latency, from its frame read to its response
+/// handed to the writer.
+fn record(core: &Core, op: Op, started: std::time::Instant, failed: bool) {
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    match op {
+        Op::PutRecords => core.metrics.latency(crate::metrics::Op::Put, micros),
+        Op::GetRecords => core.metrics.latency(crate::metrics::Op::Get, micros),
+        _ => {}
+    }
+    core.metrics.count(|c| {
+        c.requests += 1;
+        c.errors += u64::from(failed);
+    });
 }
 
 async fn send_error(out: &Rc<LocalSender<Bytes>>, kind: u8, id: u64, error: &WireError) {

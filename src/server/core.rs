@@ -18,6 +18,7 @@ use crate::commit::Committer;
 use crate::config::Config;
 use crate::limits::READ_WAIT_US_MAX;
 use crate::log::{AppendAck, AppendError, LogConfig, RecordIn, ShardLog, StartPosition};
+use crate::metrics::{CoreMetrics, Op as Measured, Recorder};
 use crate::protocol::binary::{RecordsBody, Response, Status, WireError};
 use crate::protocol::kinesis::iterator::IteratorKey;
 use crate::server::controller::{ControlRequest, Controller};
@@ -65,6 +66,8 @@ pub enum CoreRequest {
     },
     /// Trim horizon and tip of shards the target owns.
     Tips { stream_id: u64, shards: Vec<u32> },
+    /// The target's measurements.
+    Metrics,
     /// A catalog change, for the controller (core 0).
     Control(ControlRequest),
     /// A new catalog, from the controller: open shards newly owned, close deleted ones.
@@ -80,6 +83,7 @@ pub enum CoreReply {
     Read(Result<RecordsBody, WireError>),
     Tips(Vec<(u32, u64, u64)>),
     Resolved(Result<u64, WireError>),
+    Metrics(Box<CoreMetrics>),
     Control(Result<Response, WireError>),
     Applied(Result<(), String>),
 }
@@ -103,6 +107,8 @@ pub struct Core {
     /// simd-json's scratch buffers, reused by every Kinesis request on this core.
     json_buffers: RefCell<simd_json::Buffers>,
     request_number: Cell<u64>,
+    /// This core's latency histograms and counters.
+    pub metrics: Recorder,
     /// Callers waiting for the first catalog (a core serves nothing before it has one).
     ready: RefCell<Option<Vec<oneshot::Sender<()>>>>,
 }
@@ -134,6 +140,7 @@ impl Core {
             iterator_key: IteratorKey::new(iterator_key, iterator_ttl_ms),
             json_buffers: RefCell::new(simd_json::Buffers::with_max_depth(4096, JSON_DEPTH_MAX)),
             request_number: Cell::new(0),
+            metrics: Recorder::new(id),
         })
     }
 
@@ -238,11 +245,15 @@ impl Core {
             from: self.id,
             body: request,
         };
+        let sent = std::time::Instant::now();
         if self.senders.send_to(target, message).await.is_err() {
             self.pending.borrow_mut().remove(&id);
             return stopped_reply();
         }
-        rx.await.unwrap_or_else(|_| stopped_reply())
+        let reply = rx.await.unwrap_or_else(|_| stopped_reply());
+        let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.metrics.latency(Measured::Handover, micros);
+        reply
     }
 
     async fn handle(self: &Rc<Self>, request: CoreRequest) -> CoreReply {
@@ -275,6 +286,7 @@ impl Core {
                 };
                 CoreReply::Resolved(resolved)
             }
+            CoreRequest::Metrics => CoreReply::Metrics(Box::new(self.metrics_snapshot())),
             CoreRequest::Tips { stream_id, shards } => {
                 let owned = self.shards.borrow();
                 let tips = shards
@@ -312,7 +324,18 @@ impl Core {
                 let Some(log) = log else {
                     return Err(not_owned(*shard));
                 };
-                log.append(records).await.map_err(append_error)
+                let appended = log.append(records).await.map_err(append_error);
+                if appended.is_ok() {
+                    let bytes: usize = records
+                        .iter()
+                        .map(|r| r.data.len() + r.partition_key.len())
+                        .sum();
+                    self.metrics.count(|c| {
+                        c.records_in += records.len() as u64;
+                        c.bytes_in += bytes as u64;
+                    });
+                }
+                appended
             }
         });
         join_all(appends).await
@@ -342,6 +365,11 @@ impl Core {
             .read(from, limit as usize, bytes_max as usize)
             .await
             .map_err(read_error)?;
+        let bytes: usize = out.records.iter().map(|r| r.data.len()).sum();
+        self.metrics.count(|c| {
+            c.records_out += out.records.len() as u64;
+            c.bytes_out += bytes as u64;
+        });
         let millis_behind = match out.records.last() {
             Some(last) if out.next_seq < out.tip_seq => {
                 out.tip_arrival_us.saturating_sub(last.arrival_us) / 1000
@@ -419,6 +447,30 @@ impl Core {
         for log in logs {
             log.close().await;
         }
+    }
+
+    /// This core's measurements, with its committer's.
+    pub fn metrics_snapshot(&self) -> CoreMetrics {
+        let mut snapshot = self.metrics.snapshot();
+        let _ = snapshot.histograms[Measured::Commit as usize].add(&self.committer.round_latency());
+        let stats = self.committer.stats();
+        snapshot.counters.fsyncs = stats.fsyncs;
+        snapshot.counters.commits = stats.commits;
+        snapshot.counters.committed_batches = stats.batches;
+        snapshot
+    }
+
+    /// Measurements of every core, gathered over the mesh.
+    pub async fn all_metrics(self: &Rc<Self>) -> Vec<CoreMetrics> {
+        let calls = (0..self.cores).map(|target| self.call(target, CoreRequest::Metrics));
+        join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(|reply| match reply {
+                CoreReply::Metrics(metrics) => Some(*metrics),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Number of shards this core owns.

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod crash_writer;
 pub mod log_bench;
+pub mod stats;
 
 /// The payload of record `seq` in the crash writer and its checker: contents and length
 /// both follow from the sequence number, so a checker can regenerate every record.

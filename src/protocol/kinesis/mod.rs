@@ -35,7 +35,32 @@ pub async fn handle(core: &Rc<Core>, request: Request<Incoming>) -> Response<Ful
     if request.method() == Method::GET && request.uri().path() == "/health" {
         return plain(StatusCode::OK, "ok\n", &request_id);
     }
+    if request.method() == Method::GET && request.uri().path() == "/metrics" {
+        let text = crate::metrics::render(&core.all_metrics().await);
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return response;
+    }
+    let started = std::time::Instant::now();
+    let measured = match request.headers().get("x-amz-target").map(|v| v.as_bytes()) {
+        Some(b"Kinesis_20131202.PutRecords" | b"Kinesis_20131202.PutRecord") => {
+            Some(crate::metrics::Op::Put)
+        }
+        Some(b"Kinesis_20131202.GetRecords") => Some(crate::metrics::Op::Get),
+        _ => None,
+    };
     let result = serve(core, request).await;
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if let Some(op) = measured {
+        core.metrics.latency(op, micros);
+    }
+    core.metrics.count(|c| {
+        c.requests += 1;
+        c.errors += u64::from(result.is_err());
+    });
     let (status, body) = match result {
         Ok(body) => (StatusCode::OK, body),
         Err(error) => {
