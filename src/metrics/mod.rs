@@ -96,11 +96,14 @@ impl Recorder {
     }
 }
 
+/// A counter's metric name, help text, and how to read it.
+type CounterColumn = (&'static str, &'static str, fn(&Counters) -> u64);
+
 /// Renders every core's measurements as Prometheus text: counters labelled by core, and
 /// latency summaries (quantiles, sum and count) by operation, merged over cores and per core.
 pub fn render(cores: &[CoreMetrics]) -> String {
     let mut out = String::with_capacity(8 * 1024);
-    let counters: [(&str, &str, fn(&Counters) -> u64); 10] = [
+    let counters: [CounterColumn; 10] = [
         ("spate_records_in_total", "Records appended", |c| {
             c.records_in
         }),

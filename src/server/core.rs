@@ -452,7 +452,7 @@ impl Core {
     /// This core's measurements, with its committer's.
     pub fn metrics_snapshot(&self) -> CoreMetrics {
         let mut snapshot = self.metrics.snapshot();
-        let _ = snapshot.histograms[Measured::Commit as usize].add(&self.committer.round_latency());
+        let _ = snapshot.histograms[Measured::Commit as usize].add(self.committer.round_latency());
         let stats = self.committer.stats();
         snapshot.counters.fsyncs = stats.fsyncs;
         snapshot.counters.commits = stats.commits;
