@@ -64,9 +64,11 @@ pub const PENDING_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
 /// this many bytes. Source: our own; a read starts at most this far before its target.
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 64 * 1024;
 
-/// Default per-shard budget for the in-memory tail that serves readers near the head.
-/// Source: our own; a few hundred milliseconds of a busy shard.
-pub const TAIL_CACHE_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
+/// Default budget for the in-memory tail that serves readers near the head, in bytes: per
+/// shard log, and in the server per core (shared evenly by the core's shards, so a core's
+/// tails never hold more whatever its shard count). Source: our own; a few hundred
+/// milliseconds of a busy core.
+pub const TAIL_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 
 /// Most records one read returns. Source: Kinesis `GetRecords` (`Limit` 1..10000).
 pub const READ_RECORDS_MAX: usize = 10_000;

@@ -100,6 +100,8 @@ pub struct Committer {
     task: RefCell<Option<JoinHandle<()>>>,
     /// Duration of each commit round, in microseconds.
     round_latency: RefCell<hdrhistogram::Histogram<u64>>,
+    /// Each shard's share of the core's in-memory tail budget, in bytes.
+    tail_share_bytes: Cell<usize>,
 }
 
 impl Committer {
@@ -121,6 +123,7 @@ impl Committer {
             stats: Cell::new(CommitStats::default()),
             closing: Cell::new(false),
             task: RefCell::new(None),
+            tail_share_bytes: Cell::new(usize::MAX),
             round_latency: RefCell::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("constant histogram bounds are valid"),
@@ -158,6 +161,17 @@ impl Committer {
 
     pub fn stats(&self) -> CommitStats {
         self.stats.get()
+    }
+
+    /// Sets each shard's share of the core's tail budget (the core's budget divided by its
+    /// shards), so memory stays bounded however many shards the core owns.
+    pub fn set_tail_share_bytes(&self, bytes: usize) {
+        self.tail_share_bytes.set(bytes);
+    }
+
+    /// Each shard's share of the core's tail budget, in bytes.
+    pub fn tail_share_bytes(&self) -> usize {
+        self.tail_share_bytes.get()
     }
 
     /// A copy of the commit-round latency histogram (microseconds).

@@ -37,7 +37,9 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// Spacing of sparse index entries, in bytes of segment.
     pub index_interval_bytes: u32,
-    /// Budget of the in-memory tail that serves readers near the head, in bytes.
+    /// Budget of the in-memory tail that serves readers near the head, in bytes. The
+    /// core can lower it for each shard ([`Committer::set_tail_share_bytes`]) so that all
+    /// its shards together stay within one budget.
     pub tail_cache_bytes: usize,
     /// Records older than this are deleted, a whole segment at a time, in hours.
     pub retention_hours: u32,
@@ -410,7 +412,10 @@ impl ShardLog {
                     written.bytes += pending.bytes.len() as u64;
                     state.durable_next_seq = pending.next_seq;
                     state.durable_arrival_us = pending.arrival_last_us;
-                    let budget = self.config.tail_cache_bytes;
+                    let budget = self
+                        .config
+                        .tail_cache_bytes
+                        .min(self.committer.tail_share_bytes());
                     state.tail.push(pending, budget);
                 }
                 let durable = state.durable_next_seq;

@@ -421,6 +421,12 @@ impl Core {
                 self.shards.borrow_mut().insert(key, log);
             }
         }
+        // The core's tail budget is shared evenly by its shards, so the tails of all of
+        // them together never pass it (with many shards, each keeps less in memory and
+        // more reads go to disk).
+        let shards = self.shards.borrow().len().max(1);
+        let share = self.config.log.tail_cache_bytes / shards;
+        self.committer.set_tail_share_bytes(share);
         *self.snapshot.borrow_mut() = Rc::new(catalog);
         if let Some(waiters) = self.ready.borrow_mut().take() {
             for waiter in waiters {
