@@ -167,6 +167,9 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Capacity planning: find the highest sustainable rate, or size a workload.
+    #[command(subcommand)]
+    Plan(PlanCommand),
     /// A live view of a running server, refreshed each second: records/s, MB/s,
     /// fsyncs/s, and latency percentiles per operation and per core.
     Stats {
@@ -186,6 +189,70 @@ enum Command {
         segment_bytes: u64,
         #[arg(long, default_value_t = 8)]
         in_flight: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlanCommand {
+    /// Offer open-loop load at rising rates until p99 crosses --p99-ms, errors appear or
+    /// the server falls behind; report the highest sustainable records/s and MB/s.
+    Ramp {
+        /// Latency target for the 99th percentile of puts, in milliseconds.
+        #[arg(long, default_value_t = 10.0)]
+        p99_ms: f64,
+        /// First offered rate, records/s.
+        #[arg(long, default_value_t = 100_000.0)]
+        start_rate: f64,
+        /// Each step offers this many times the previous rate.
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        /// Most steps.
+        #[arg(long, default_value_t = 12)]
+        steps: usize,
+        /// Seconds measured per step (after one second of warm-up).
+        #[arg(long, default_value_t = 5)]
+        step_seconds: u64,
+        /// Payload bytes per record.
+        #[arg(long, default_value_t = 100)]
+        record_bytes: usize,
+        /// Records per put.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// The stream to put into (created when missing).
+        #[arg(long, default_value = "plan")]
+        stream: String,
+        /// Shards of the stream when it is created.
+        #[arg(long, default_value_t = 4)]
+        shards: u32,
+        /// Connections and requests in flight on each.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 8)]
+        in_flight: usize,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Size a workload: the cores, shards and disk it needs, from a measured rate.
+    Size {
+        /// Records per second to carry.
+        #[arg(long)]
+        records_per_s: f64,
+        /// Payload bytes per record.
+        #[arg(long)]
+        record_bytes: f64,
+        /// Hours records are kept.
+        #[arg(long, default_value_t = 24.0)]
+        retention_hours: f64,
+        /// Measured maximum records/s on this machine (from `spate plan ramp` or
+        /// `spate load`), the basis of the sizing.
+        #[arg(long)]
+        measured_records_per_s: f64,
+        /// Record size of that measurement.
+        #[arg(long, default_value_t = 100.0)]
+        measured_record_bytes: f64,
+        /// Cores the measured server ran on.
+        #[arg(long, default_value_t = 2)]
+        measured_cores: usize,
     },
 }
 
@@ -351,6 +418,7 @@ fn main() -> ExitCode {
             eprintln!("load: wrote {} and {}", json.display(), hgrm.display());
             Ok(())
         })(),
+        Command::Plan(command) => plan(command),
         Command::Stats { http, count } => spate::config::parse_addr("--http", &http)
             .map_err(|e| e.to_string())
             .and_then(|target| {
@@ -378,6 +446,76 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn plan(command: PlanCommand) -> Result<(), String> {
+    match command {
+        PlanCommand::Ramp {
+            p99_ms,
+            start_rate,
+            factor,
+            steps,
+            step_seconds,
+            record_bytes,
+            batch,
+            stream,
+            shards,
+            connections,
+            in_flight,
+            server,
+        } => {
+            if factor <= 1.0 || start_rate <= 0.0 {
+                return Err("--factor must be above 1 and --start-rate above 0".into());
+            }
+            let target =
+                spate::config::parse_addr("--server", &server.server).map_err(|e| e.to_string())?;
+            let base = spate::load::LoadOptions {
+                protocol: spate::load::LoadProtocol::Binary,
+                target,
+                stream,
+                shards,
+                record_bytes_min: record_bytes,
+                record_bytes_max: record_bytes,
+                keys: 1000,
+                zipf: None,
+                batch: batch.clamp(1, spate::limits::BATCH_RECORDS_MAX),
+                connections: connections.max(1),
+                in_flight: in_flight.max(1),
+                rate: None,
+                duration: std::time::Duration::from_secs(step_seconds.max(1)),
+                warmup: std::time::Duration::from_secs(1),
+                workers: 1,
+            };
+            let ramp = spate::load::plan::ramp(&base, start_rate, factor, p99_ms, steps)?;
+            print!(
+                "{}",
+                spate::load::plan::ramp_text(&ramp, record_bytes as f64)
+            );
+            Ok(())
+        }
+        PlanCommand::Size {
+            records_per_s,
+            record_bytes,
+            retention_hours,
+            measured_records_per_s,
+            measured_record_bytes,
+            measured_cores,
+        } => {
+            let workload = spate::load::plan::Workload {
+                records_per_s,
+                record_bytes,
+                retention_hours,
+            };
+            let basis = spate::load::plan::Basis {
+                records_per_s: measured_records_per_s,
+                record_bytes: measured_record_bytes,
+                cores: measured_cores,
+                source: "given with --measured-records-per-s".into(),
+            };
+            print!("{}", spate::load::plan::size(&workload, &basis));
+            Ok(())
         }
     }
 }

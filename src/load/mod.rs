@@ -7,6 +7,7 @@
 //! Server errors are counted and shown, never retried.
 
 pub mod kinesis;
+pub mod plan;
 pub mod report;
 
 use std::sync::Arc;
