@@ -124,10 +124,7 @@ impl Committer {
             closing: Cell::new(false),
             task: RefCell::new(None),
             tail_share_bytes: Cell::new(usize::MAX),
-            round_latency: RefCell::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                    .expect("constant histogram bounds are valid"),
-            ),
+            round_latency: RefCell::new(crate::metrics::histogram()),
         });
         let runner = committer.clone();
         // The committer runs in a task queue of its own that declares latency matters: the

@@ -224,9 +224,7 @@ impl Sender {
 }
 
 pub fn new_histogram() -> Histogram<u64> {
-    // 1 us .. 1 hour, 3 significant digits: constant bounds that the crate accepts, so a
-    // failure here is a bug of ours, not something input can cause.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+    crate::metrics::histogram()
 }
 
 struct Shared {

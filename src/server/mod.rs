@@ -23,6 +23,7 @@ use thiserror::Error;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::net;
 use crate::runtime;
 use crate::server::controller::Controller;
 use crate::server::core::{Core, CoreMessage};
@@ -234,8 +235,6 @@ async fn run_core(
     core.shut_down().await;
     Ok(())
 }
-
-use crate::net;
 
 /// One listening socket per core on the same address (the first binds the requested
 /// address, which may have port 0; the rest bind the port it got).
