@@ -158,6 +158,10 @@ enum Command {
         /// Worker threads, each pinned to a core (taken from the last core down).
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Stamp every record, then read the stream back and fail on any acknowledged
+        /// record missing or duplicated, or out of order per partition key (binary protocol).
+        #[arg(long)]
+        verify: bool,
         /// Where to write the JSON summary.
         #[arg(long, default_value = "load-summary.json")]
         json: PathBuf,
@@ -374,6 +378,7 @@ fn main() -> ExitCode {
             duration,
             warmup,
             workers,
+            verify,
             json,
             hgrm,
             server,
@@ -408,9 +413,32 @@ fn main() -> ExitCode {
                 duration: std::time::Duration::from_secs(duration),
                 warmup: std::time::Duration::from_secs(warmup),
                 workers,
+                verify,
             };
+            if verify && protocol != spate::load::LoadProtocol::Binary {
+                return Err("--verify reads the stream back through the binary protocol; use --protocol binary".into());
+            }
             let report = spate::load::report::run(options.clone())?;
             println!("{}", report.summary());
+            if verify {
+                let acked = report.acked.clone();
+                let stream = options.stream.clone();
+                let check = spate::runtime::run_on_executor("verify", move || async move {
+                    spate::load::verify(target, &stream, &acked).await
+                })
+                .map_err(|e| e.to_string())??;
+                println!(
+                    "verify: {} acknowledged, {} stored; missing {}, duplicated {}, reordered {}",
+                    check.acknowledged,
+                    check.stored,
+                    check.missing,
+                    check.duplicated,
+                    check.reordered
+                );
+                if !check.passed() {
+                    return Err("verification FAILED: see the counts above".into());
+                }
+            }
             std::fs::write(&json, report.to_json(&options) + "\n")
                 .map_err(|e| format!("{}: {e}", json.display()))?;
             std::fs::write(&hgrm, report.to_hgrm())
@@ -487,6 +515,7 @@ fn plan(command: PlanCommand) -> Result<(), String> {
                 duration: std::time::Duration::from_secs(step_seconds.max(1)),
                 warmup: std::time::Duration::from_secs(1),
                 workers: 1,
+                verify: false,
             };
             let ramp = spate::load::plan::ramp(&base, start_rate, factor, p99_ms, steps)?;
             print!(

@@ -181,3 +181,48 @@ fn metrics_count_what_was_put_and_stats_shows_them() {
     );
     server.stop();
 }
+
+#[test]
+fn verify_reads_everything_back_and_catches_duplicates() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let out = temp_dir();
+    let run_verify = || {
+        Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["load", "--verify", "--stream", "checked", "--shards", "3"])
+            .args([
+                "--record-bytes",
+                "10..60",
+                "--batch",
+                "50",
+                "--connections",
+                "2",
+            ])
+            .args(["--duration", "1", "--warmup", "0", "--server"])
+            .arg(server.addr.to_string())
+            .arg("--json")
+            .arg(out.path().join("summary.json"))
+            .arg("--hgrm")
+            .arg(out.path().join("latency.hgrm"))
+            .output()
+            .expect("run spate load")
+    };
+    let first = run_verify();
+    let report = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        report.contains("missing 0, duplicated 0, reordered 0"),
+        "{report}"
+    );
+    // A second run stamps the same producers and counters again: the check must see the
+    // first run's records as duplicates and fail.
+    let second = run_verify();
+    let report = String::from_utf8_lossy(&second.stdout);
+    assert!(!second.status.success(), "{report}");
+    assert!(!report.contains("duplicated 0,"), "{report}");
+    server.stop();
+}

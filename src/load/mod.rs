@@ -50,6 +50,9 @@ pub struct LoadOptions {
     pub duration: Duration,
     pub warmup: Duration,
     pub workers: usize,
+    /// Stamp each record with its producer and a counter, remember what was acknowledged,
+    /// and read the stream back at the end (see [`verify`]).
+    pub verify: bool,
 }
 
 /// Counters shared by the workers and the progress printer.
@@ -68,6 +71,8 @@ pub struct Counters {
 
 /// What one worker measured.
 pub struct WorkerResult {
+    /// (producer, counter) of every acknowledged record, when verifying.
+    pub acked: Vec<(u32, u64)>,
     pub histogram: Histogram<u64>,
     pub records: u64,
     pub bytes: u64,
@@ -184,6 +189,7 @@ pub async fn run_worker(
         }));
     }
     let mut merged = WorkerResult {
+        acked: Vec::new(),
         histogram: new_histogram(),
         records: 0,
         bytes: 0,
@@ -194,6 +200,7 @@ pub async fn run_worker(
     for task in tasks {
         let result = task.await;
         let _ = merged.histogram.add(&result.histogram);
+        merged.acked.extend(result.acked);
         merged.records += result.records;
         merged.bytes += result.bytes;
         merged.requests += result.requests;
@@ -223,11 +230,91 @@ impl Sender {
     }
 }
 
+/// Bytes at the front of a verified record: producer (u32) and counter (u64).
+pub const STAMP_BYTES: usize = 12;
+
+/// What reading the stream back found.
+#[derive(Debug, Default)]
+pub struct Verification {
+    pub stored: u64,
+    pub acknowledged: u64,
+    pub missing: u64,
+    pub duplicated: u64,
+    /// Records whose counter is below an earlier one of the same producer and key.
+    pub reordered: u64,
+}
+
+impl Verification {
+    pub fn passed(&self) -> bool {
+        self.missing == 0 && self.duplicated == 0 && self.reordered == 0
+    }
+}
+
+/// Reads every shard of `stream` through the binary protocol and checks the records a
+/// verifying load acknowledged: each is there exactly once, and per producer and partition
+/// key the counters rise in sequence-number order.
+///
+/// # Errors
+/// When the stream cannot be read.
+pub async fn verify(
+    target: std::net::SocketAddr,
+    stream: &str,
+    acked: &[(u32, u64)],
+) -> Result<Verification, String> {
+    use std::collections::{HashMap, HashSet};
+    let client = Client::connect(target).await.map_err(|e| e.to_string())?;
+    let description = client
+        .describe_stream(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut seen: HashSet<(u32, u64)> = HashSet::new();
+    let mut last: HashMap<(u32, Bytes), u64> = HashMap::new();
+    let mut out = Verification {
+        acknowledged: acked.len() as u64,
+        ..Verification::default()
+    };
+    for shard in &description.shards {
+        let mut position = crate::log::StartPosition::TrimHorizon;
+        loop {
+            let body = client
+                .get_records(stream, shard.index, position, 10_000)
+                .await
+                .map_err(|e| e.to_string())?;
+            if body.records.is_empty() {
+                break;
+            }
+            for record in &body.records {
+                let Some(stamp) = record.data.get(..STAMP_BYTES) else {
+                    continue;
+                };
+                let producer = u32::from_le_bytes([stamp[0], stamp[1], stamp[2], stamp[3]]);
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(&stamp[4..12]);
+                let counter = u64::from_le_bytes(raw);
+                out.stored += 1;
+                if !seen.insert((producer, counter)) {
+                    out.duplicated += 1;
+                }
+                let key = (producer, record.partition_key.clone());
+                if let Some(previous) = last.insert(key, counter)
+                    && previous > counter
+                {
+                    out.reordered += 1;
+                }
+            }
+            position = crate::log::StartPosition::AtSequence(body.next_seq);
+        }
+    }
+    out.missing = acked.iter().filter(|a| !seen.contains(a)).count() as u64;
+    Ok(out)
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     crate::metrics::histogram()
 }
 
 struct Shared {
+    acked: Vec<(u32, u64)>,
     histogram: Histogram<u64>,
     records: u64,
     bytes: u64,
@@ -246,7 +333,10 @@ async fn drive_connection(
     seed: u64,
     start: Instant,
 ) -> WorkerResult {
+    let producer = seed as u32 ^ (seed >> 32) as u32;
+    let mut counter = 0u64;
     let shared = std::rc::Rc::new(std::cell::RefCell::new(Shared {
+        acked: Vec::new(),
         histogram: new_histogram(),
         records: 0,
         bytes: 0,
@@ -283,15 +373,40 @@ async fn drive_connection(
         };
         let mut records = Vec::with_capacity(options.batch);
         let mut bytes = 0u64;
+        let first_counter = counter;
+        let mut stamped = bytes::BytesMut::new();
+        let mut lengths = Vec::new();
         for _ in 0..options.batch {
             let size = chooser.size(options.record_bytes_min, options.record_bytes_max);
             bytes += size as u64;
+            let data = if options.verify {
+                // Stamped records are written into one buffer per request and sliced
+                // from it below; the payload here is a placeholder.
+                let size = size.max(STAMP_BYTES);
+                lengths.push(size);
+                stamped.extend_from_slice(&producer.to_le_bytes());
+                stamped.extend_from_slice(&counter.to_le_bytes());
+                stamped.extend_from_slice(&payload[..size - STAMP_BYTES]);
+                counter += 1;
+                Bytes::new()
+            } else {
+                payload.slice(..size)
+            };
             records.push(PutEntry {
                 partition_key: chooser.key(),
-                data: payload.slice(..size),
+                data,
                 explicit_hash_key: None,
             });
         }
+        if options.verify {
+            let stamped = stamped.freeze();
+            let mut at = 0;
+            for (record, len) in records.iter_mut().zip(lengths) {
+                record.data = stamped.slice(at..at + len);
+                at += len;
+            }
+        }
+        let verify = options.verify;
         let sender = sender.clone();
         let shared = shared.clone();
         let counters = counters.clone();
@@ -305,6 +420,13 @@ async fn drive_connection(
             let mut shared = shared.borrow_mut();
             match result {
                 Ok(results) => {
+                    if verify {
+                        for (i, result) in results.iter().enumerate() {
+                            if result.is_ok() {
+                                shared.acked.push((producer, first_counter + i as u64));
+                            }
+                        }
+                    }
                     let failed = results.iter().filter(|r| r.is_err()).count() as u64;
                     let ok = results.len() as u64 - failed;
                     if measuring {
@@ -346,6 +468,7 @@ async fn drive_connection(
     let _ = slots.acquire(options.in_flight as u64).await;
     let mut shared = shared.borrow_mut();
     WorkerResult {
+        acked: std::mem::take(&mut shared.acked),
         histogram: std::mem::replace(&mut shared.histogram, new_histogram()),
         records: shared.records,
         bytes: shared.bytes,

@@ -24,6 +24,8 @@ pub struct LoadReport {
     pub rejected_records: u64,
     pub first_error: Option<String>,
     pub histogram: Histogram<u64>,
+    /// (producer, counter) of every acknowledged record, when verifying.
+    pub acked: Vec<(u32, u64)>,
 }
 
 impl LoadReport {
@@ -207,12 +209,14 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
         rejected_records: counters.rejected_records.load(Ordering::Relaxed),
         first_error: None,
         histogram: new_histogram(),
+        acked: Vec::new(),
     };
     for handle in handles {
         let result = handle
             .join()
             .map_err(|_| "a load worker panicked".to_string())??;
         let _ = report.histogram.add(&result.histogram);
+        report.acked.extend(result.acked);
         report.records += result.records;
         report.bytes += result.bytes;
         report.requests += result.requests;
