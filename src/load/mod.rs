@@ -81,6 +81,20 @@ pub struct WorkerResult {
     pub first_error: Option<String>,
 }
 
+impl WorkerResult {
+    fn empty() -> WorkerResult {
+        WorkerResult {
+            acked: Vec::new(),
+            histogram: new_histogram(),
+            records: 0,
+            bytes: 0,
+            requests: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+}
+
 /// A source of partition keys: uniform, or Zipf-distributed over `keys` keys.
 pub struct KeyChooser {
     keys: Vec<Bytes>,
@@ -188,15 +202,7 @@ pub async fn run_worker(
             .await
         }));
     }
-    let mut merged = WorkerResult {
-        acked: Vec::new(),
-        histogram: new_histogram(),
-        records: 0,
-        bytes: 0,
-        requests: 0,
-        errors: 0,
-        first_error: None,
-    };
+    let mut merged = WorkerResult::empty();
     for task in tasks {
         let result = task.await;
         let _ = merged.histogram.add(&result.histogram);
@@ -313,16 +319,6 @@ pub fn new_histogram() -> Histogram<u64> {
     crate::metrics::histogram()
 }
 
-struct Shared {
-    acked: Vec<(u32, u64)>,
-    histogram: Histogram<u64>,
-    records: u64,
-    bytes: u64,
-    requests: u64,
-    errors: u64,
-    first_error: Option<String>,
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn drive_connection(
     sender: Sender,
@@ -335,15 +331,7 @@ async fn drive_connection(
 ) -> WorkerResult {
     let producer = seed as u32 ^ (seed >> 32) as u32;
     let mut counter = 0u64;
-    let shared = std::rc::Rc::new(std::cell::RefCell::new(Shared {
-        acked: Vec::new(),
-        histogram: new_histogram(),
-        records: 0,
-        bytes: 0,
-        requests: 0,
-        errors: 0,
-        first_error: None,
-    }));
+    let shared = std::rc::Rc::new(std::cell::RefCell::new(WorkerResult::empty()));
     let slots = std::rc::Rc::new(glommio::sync::Semaphore::new(options.in_flight as u64));
     let mut chooser = KeyChooser::new(options.keys, options.zipf, seed);
     let end = start + options.warmup + options.duration;
@@ -466,14 +454,5 @@ async fn drive_connection(
     }
     // Wait for the requests still in flight.
     let _ = slots.acquire(options.in_flight as u64).await;
-    let mut shared = shared.borrow_mut();
-    WorkerResult {
-        acked: std::mem::take(&mut shared.acked),
-        histogram: std::mem::replace(&mut shared.histogram, new_histogram()),
-        records: shared.records,
-        bytes: shared.bytes,
-        requests: shared.requests,
-        errors: shared.errors,
-        first_error: shared.first_error.take(),
-    }
+    std::mem::replace(&mut *shared.borrow_mut(), WorkerResult::empty())
 }
