@@ -189,7 +189,12 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
             .copied();
         let builder = crate::runtime::executor_builder(&format!("load-{worker}"), cpu, workers + 2);
         let handle = builder
-            .spawn(move || run_worker(options, worker, connections, counters, start))
+            .spawn(move || async move {
+                let tick = crate::runtime::spawn_wake_tick();
+                let result = run_worker(options, worker, connections, counters, start).await;
+                tick.set(true);
+                result
+            })
             .map_err(|e| format!("starting load worker: {e}"))?;
         handles.push(handle);
     }

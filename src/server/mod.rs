@@ -28,9 +28,6 @@ use crate::runtime;
 use crate::server::controller::Controller;
 use crate::server::core::{Core, CoreMessage};
 
-/// Longest a core sleeps without looking for work from other cores (see run_core).
-const WAKE_TICK: Duration = Duration::from_millis(1);
-
 /// How often each core runs retention over its shards.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -159,18 +156,8 @@ async fn run_core(
     stopping: Arc<AtomicBool>,
     iterator_key: [u8; 32],
 ) -> Result<(), String> {
-    // A bound on cross-core wake-up delay. A sleeping glommio executor does not reliably
-    // wake when a message arrives on a shared channel: once a core slept for minutes with
-    // a catalog message waiting, and at low load puts showed a p99 of 15 ms that a 1 ms
-    // tick brought to 3.6 ms (200,000 records/s open loop, measured). The tick costs a
-    // thousand wake-ups a second per core.
-    let tick_stop = stopping.clone();
-    glommio::spawn_local(async move {
-        while !tick_stop.load(Ordering::Relaxed) {
-            glommio::timer::sleep(WAKE_TICK).await;
-        }
-    })
-    .detach();
+    // See runtime::WAKE_TICK: no executor of ours sleeps longer than a tick.
+    let tick = runtime::spawn_wake_tick();
     let (senders, receivers) = mesh
         .join()
         .await
@@ -233,6 +220,7 @@ async fn run_core(
         "stopping: committing what is pending"
     );
     core.shut_down().await;
+    tick.set(true);
     Ok(())
 }
 
