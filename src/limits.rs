@@ -140,3 +140,10 @@ const _: () = assert!(BATCH_BYTES_MAX / 3 * 4 + 1024 * 1024 <= HTTP_BODY_BYTES_M
 
 /// Most tags on one stream. Source: Kinesis (50 tags per stream).
 pub const STREAM_TAGS_MAX: usize = 50;
+
+/// UpdateShardCount calls per stream in a rolling 24 hours (Kinesis quota).
+pub const SCALINGS_PER_DAY_MAX: usize = 10;
+
+/// How long a put or read waits for the next catalog when its shard is closing or moving
+/// to another core, before it fails (our own bound; a reshard takes milliseconds).
+pub const RESHARD_WAIT_US_MAX: u64 = 5_000_000;

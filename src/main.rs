@@ -287,6 +287,48 @@ enum StreamsCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Split a shard in two (Kinesis SplitShard): it closes, and two children share its
+    /// hash range. Producers and readers keep running.
+    Split {
+        name: String,
+        /// The shard to split, as `shardId-000000000003` or `3`.
+        shard: String,
+        /// The first hash key of the second child (default: the middle of the range).
+        #[arg(long)]
+        at: Option<u128>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Merge two shards with adjacent hash ranges into one (Kinesis MergeShards).
+    Merge {
+        name: String,
+        shard: String,
+        adjacent: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Split and merge until the stream has N shards of equal ranges (Kinesis
+    /// UpdateShardCount, UNIFORM_SCALING: N between half and double the open shards).
+    Scale {
+        name: String,
+        shards: u32,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Move a shard to another core; its records stay where they are on disk.
+    Move {
+        name: String,
+        shard: String,
+        core: u16,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Even out the open shards of every stream over the server's cores, moving one shard
+    /// at a time without losing or reordering a record.
+    Rebalance {
+        #[command(flatten)]
+        server: ServerArg,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -588,6 +630,51 @@ fn command_args(command: StreamsCommand) -> cli::StreamsArgs {
         StreamsCommand::Delete { name, server } => cli::StreamsArgs::Delete {
             server: server.server,
             name,
+        },
+        StreamsCommand::Split {
+            name,
+            shard,
+            at,
+            server,
+        } => cli::StreamsArgs::Split {
+            server: server.server,
+            name,
+            shard,
+            at,
+        },
+        StreamsCommand::Merge {
+            name,
+            shard,
+            adjacent,
+            server,
+        } => cli::StreamsArgs::Reshard {
+            server: server.server,
+            name,
+            change: cli::ReshardArgs::Merge(shard, adjacent),
+        },
+        StreamsCommand::Scale {
+            name,
+            shards,
+            server,
+        } => cli::StreamsArgs::Reshard {
+            server: server.server,
+            name,
+            change: cli::ReshardArgs::Scale(shards),
+        },
+        StreamsCommand::Move {
+            name,
+            shard,
+            core,
+            server,
+        } => cli::StreamsArgs::Reshard {
+            server: server.server,
+            name,
+            change: cli::ReshardArgs::Move(shard, core),
+        },
+        StreamsCommand::Rebalance { server } => cli::StreamsArgs::Reshard {
+            server: server.server,
+            name: String::new(),
+            change: cli::ReshardArgs::Rebalance,
         },
     }
 }

@@ -68,6 +68,11 @@ fn streams_pass_through_creating_and_deleting_and_iterators_expire() {
 }
 
 #[test]
+fn splits_merges_and_scaling_keep_every_record_with_boto3() {
+    run_python_with_config("", "boto3_reshard.py");
+}
+
+#[test]
 fn sigv4_is_verified_when_keys_are_configured() {
     run_python_with_config(
         "[auth]\nkeys = [{ access_key = \"AKIDSPATE\", secret = \"s3cr3t/key\" }]\n",

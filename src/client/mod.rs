@@ -20,6 +20,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use thiserror::Error;
 
+use crate::catalog::Reshard;
 use crate::limits::FRAME_BYTES_MAX;
 use crate::log::StartPosition;
 use crate::protocol::binary::{
@@ -192,6 +193,20 @@ impl Client {
     pub async fn delete_stream(&self, stream: &str) -> Result<(), ClientError> {
         let request = Request::DeleteStream {
             stream: stream.to_string(),
+        };
+        self.call(&request).await.map(|_| ())
+    }
+
+    /// Splits, merges, rescales or moves shards; resolves once the change is done (or,
+    /// when the server keeps streams UPDATING for a while, once it is accepted).
+    ///
+    /// # Errors
+    /// The server's error (unknown shard, invalid split or merge, stream not ACTIVE, a
+    /// quota).
+    pub async fn reshard(&self, stream: &str, change: Reshard) -> Result<(), ClientError> {
+        let request = Request::Reshard {
+            stream: stream.to_string(),
+            change,
         };
         self.call(&request).await.map(|_| ())
     }

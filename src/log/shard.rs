@@ -116,6 +116,8 @@ pub enum AppendError {
     Commit(#[from] CommitError),
     #[error("shard log {path} stopped accepting appends after a failed commit: {reason}")]
     Failed { path: PathBuf, reason: Rc<str> },
+    #[error("shard log {path} is closed to appends (split, merged or moving)")]
+    Closed { path: PathBuf },
 }
 
 #[derive(Clone, Debug, Error)]
@@ -161,6 +163,8 @@ struct State {
     /// Set while a commit for this shard is writing; retention waits for it.
     in_commit: bool,
     failed: Option<Rc<str>>,
+    /// Set by [`ShardLog::fence`]: appends are refused from then on.
+    fenced: bool,
 }
 
 struct Sealed {
@@ -274,6 +278,7 @@ impl ShardLog {
             tail: TailCache::default(),
             in_commit: false,
             failed: None,
+            fenced: false,
         };
         let retention_hours = config.retention_hours;
         Ok(Rc::new(ShardLog {
@@ -313,6 +318,14 @@ impl ShardLog {
                 return Err(AppendError::Failed {
                     path: self.dir.clone(),
                     reason,
+                });
+            }
+            // Checked again after the wait for room: a fence may have come meanwhile.
+            if state.fenced {
+                drop(state);
+                self.committer.release(shape.encoded_bytes);
+                return Err(AppendError::Closed {
+                    path: self.dir.clone(),
                 });
             }
             let first_seq = state.next_seq;
@@ -361,13 +374,57 @@ impl ShardLog {
     }
 
     fn check_healthy(&self) -> Result<(), AppendError> {
-        match self.state.borrow().failed.clone() {
-            Some(reason) => Err(AppendError::Failed {
+        let state = self.state.borrow();
+        if let Some(reason) = state.failed.clone() {
+            return Err(AppendError::Failed {
                 path: self.dir.clone(),
                 reason,
-            }),
-            None => Ok(()),
+            });
         }
+        if state.fenced {
+            return Err(AppendError::Closed {
+                path: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops appends, waits until every record appended before is durable, and returns one
+    /// past the last sequence number: where a closing shard ends. Appends that come after
+    /// get [`AppendError::Closed`]. Reads go on as before.
+    ///
+    /// # Errors
+    /// [`AppendError::Failed`] when a commit failed, so the end is not known to be durable.
+    pub async fn fence(&self) -> Result<u64, AppendError> {
+        self.state.borrow_mut().fenced = true;
+        loop {
+            let (durable, next, failed) = {
+                let state = self.state.borrow();
+                (state.durable_next_seq, state.next_seq, state.failed.clone())
+            };
+            if let Some(reason) = failed {
+                return Err(AppendError::Failed {
+                    path: self.dir.clone(),
+                    reason,
+                });
+            }
+            if durable >= next {
+                return Ok(next);
+            }
+            self.wait_for_records(durable, std::time::Duration::from_millis(10))
+                .await;
+        }
+    }
+
+    /// Marks the log closed to appends without waiting: for a shard the catalog already
+    /// records as closed, when it is opened again.
+    pub fn set_fenced(&self, fenced: bool) {
+        self.state.borrow_mut().fenced = fenced;
+    }
+
+    /// Whether appends are refused.
+    pub fn is_fenced(&self) -> bool {
+        self.state.borrow().fenced
     }
 
     /// Writes every pending batch to its segment (rolling segments as needed) and, when

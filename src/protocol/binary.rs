@@ -43,10 +43,18 @@
 //! List        0x05  (empty)                                      → count u32 | names str
 //! Describe    0x06  stream str  → name str | status str | retention hours u32 |
 //!                   created us u64 | count u32 | count × (shard u32 | owner core u16 |
-//!                   hash start u128 BE | hash end u128 BE | trim horizon u64 | tip u64)
+//!                   hash start u128 BE | hash end u128 BE | trim horizon u64 | tip u64 |
+//!                   parent u32 | adjacent parent u32 (u32::MAX: none) | closed u8 (0, 1) |
+//!                   end sequence u64 (one past the last record; 0 while open))
+//!                   — open and closed shards, in index order
 //! Subscribe   0x07  stream str | shard u32 | position   → empty response, then events
 //!                   (kind 0xC0, records body) as records become durable, until the
 //!                   connection closes
+//! Reshard     0x08  stream str | kind u8 (0 split, 1 merge, 2 scale, 3 move,
+//!                   4 rebalance) | a u32 | b u32 | hash key u128 BE        → empty
+//!                   split: shard a at hash key; merge: shards a and b; scale: to a
+//!                   uniform shards (UNIFORM_SCALING); move: shard a to core b;
+//!                   rebalance: even out open shards of every stream over the cores
 //! records body      next sequence u64 | millis behind latest u64 | count u32 |
 //!                   count × (sequence u64 | arrival us u64 | partition key str | data bytes)
 //! error response    message str (any op, status ≠ 0)
@@ -55,15 +63,17 @@
 //! A body that does not decode gets an error response (`Malformed`) and the connection
 //! stays open: its frame boundary was sound.
 //!
-//! Version history: 1 — first version.
+//! Version history: 1 — first version. 2 — Reshard; Describe lists closed shards with
+//! their lineage and end.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
+use crate::catalog::Reshard;
 use crate::limits::{BATCH_RECORDS_MAX, PARTITION_KEY_BYTES_MAX};
 use crate::log::{RecordOut, StartPosition};
 
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes of the frame header, length field included.
 pub const HEADER_BYTES: usize = 16;
 /// The smallest value of the length field: the header after it.
@@ -84,6 +94,7 @@ pub enum Op {
     ListStreams = 0x05,
     DescribeStream = 0x06,
     Subscribe = 0x07,
+    Reshard = 0x08,
 }
 
 impl Op {
@@ -96,6 +107,7 @@ impl Op {
             0x05 => Op::ListStreams,
             0x06 => Op::DescribeStream,
             0x07 => Op::Subscribe,
+            0x08 => Op::Reshard,
             _ => return None,
         })
     }
@@ -118,6 +130,17 @@ pub enum Status {
     Internal = 10,
     StorageFailed = 11,
     ShuttingDown = 12,
+    /// The stream is not ACTIVE (a reshard is under way, or it is being created or
+    /// deleted) and the change asked for needs it to be.
+    ResourceInUse = 13,
+    /// A per-shard write or read quota is used up for this second.
+    Throttled = 14,
+    /// The shard is closing or moving to another core; the next catalog says where its
+    /// records go. The server retries these itself; a client sees one only when a
+    /// reshard did not finish in time.
+    ShardUnavailable = 15,
+    /// A quota on the shape of streams (shard count, scalings a day) would be passed.
+    ResourceLimit = 16,
 }
 
 impl Status {
@@ -135,6 +158,10 @@ impl Status {
             9 => Status::ShardNotFound,
             11 => Status::StorageFailed,
             12 => Status::ShuttingDown,
+            13 => Status::ResourceInUse,
+            14 => Status::Throttled,
+            15 => Status::ShardUnavailable,
+            16 => Status::ResourceLimit,
             _ => Status::Internal,
         }
     }
@@ -154,6 +181,10 @@ impl Status {
             Status::Internal => "Internal",
             Status::StorageFailed => "StorageFailed",
             Status::ShuttingDown => "ShuttingDown",
+            Status::ResourceInUse => "ResourceInUse",
+            Status::Throttled => "Throttled",
+            Status::ShardUnavailable => "ShardUnavailable",
+            Status::ResourceLimit => "ResourceLimit",
         }
     }
 }
@@ -257,6 +288,8 @@ pub enum BodyError {
     Trailing { extra: usize },
     #[error("unknown operation {kind:#04x}")]
     UnknownOp { kind: u8 },
+    #[error("{field} {found} is out of range")]
+    Value { field: &'static str, found: u64 },
 }
 
 impl BodyError {
@@ -308,6 +341,10 @@ pub enum Request {
         shard: u32,
         position: StartPosition,
     },
+    Reshard {
+        stream: String,
+        change: Reshard,
+    },
 }
 
 impl Request {
@@ -320,6 +357,7 @@ impl Request {
             Request::ListStreams => Op::ListStreams,
             Request::DescribeStream { .. } => Op::DescribeStream,
             Request::Subscribe { .. } => Op::Subscribe,
+            Request::Reshard { .. } => Op::Reshard,
         }
     }
 
@@ -390,6 +428,39 @@ impl Request {
                 shard: r.u32("shard")?,
                 position: r.position()?,
             },
+            Op::Reshard => {
+                let stream = r.str("stream")?;
+                let kind = r.u8("reshard kind")?;
+                let a = r.u32("shard a")?;
+                let b = r.u32("shard b")?;
+                let key = r.u128("hash key")?;
+                let change = match kind {
+                    0 => Reshard::Split {
+                        shard: a,
+                        new_starting_hash: key,
+                    },
+                    1 => Reshard::Merge {
+                        shard: a,
+                        adjacent: b,
+                    },
+                    2 => Reshard::Scale { target: a },
+                    4 => Reshard::Rebalance,
+                    3 => Reshard::Move {
+                        shard: a,
+                        core: u16::try_from(b).map_err(|_| BodyError::Value {
+                            field: "core",
+                            found: u64::from(b),
+                        })?,
+                    },
+                    other => {
+                        return Err(BodyError::Value {
+                            field: "reshard kind",
+                            found: u64::from(other),
+                        });
+                    }
+                };
+                Request::Reshard { stream, change }
+            }
         };
         r.finish()?;
         Ok(request)
@@ -451,6 +522,23 @@ impl Request {
                 out.put_u32_le(*shard);
                 put_position(out, *position);
             }
+            Request::Reshard { stream, change } => {
+                put_str(out, stream);
+                let (kind, a, b, key) = match *change {
+                    Reshard::Split {
+                        shard,
+                        new_starting_hash,
+                    } => (0u8, shard, 0u32, new_starting_hash),
+                    Reshard::Merge { shard, adjacent } => (1, shard, adjacent, 0),
+                    Reshard::Scale { target } => (2, target, 0, 0),
+                    Reshard::Move { shard, core } => (3, shard, u32::from(core), 0),
+                    Reshard::Rebalance => (4, 0, 0, 0),
+                };
+                out.put_u8(kind);
+                out.put_u32_le(a);
+                out.put_u32_le(b);
+                out.put_u128(key);
+            }
         }
         end_frame(out, start);
     }
@@ -476,6 +564,10 @@ pub struct ShardDescription {
     pub hash_end: u128,
     pub trim_seq: u64,
     pub tip_seq: u64,
+    pub parent: Option<u32>,
+    pub adjacent_parent: Option<u32>,
+    /// One past the last sequence number of a closed shard; `None` while open.
+    pub end_seq: Option<u64>,
 }
 
 /// A stream as described.
@@ -545,6 +637,10 @@ impl Response {
                     out.put_u128(shard.hash_end);
                     out.put_u64_le(shard.trim_seq);
                     out.put_u64_le(shard.tip_seq);
+                    out.put_u32_le(shard.parent.unwrap_or(u32::MAX));
+                    out.put_u32_le(shard.adjacent_parent.unwrap_or(u32::MAX));
+                    out.put_u8(u8::from(shard.end_seq.is_some()));
+                    out.put_u64_le(shard.end_seq.unwrap_or(0));
                 }
             }
         }
@@ -572,7 +668,7 @@ impl Response {
                 Response::Put(results)
             }
             Op::GetRecords => Response::Records(decode_records(&mut r)?),
-            Op::CreateStream | Op::DeleteStream | Op::Subscribe => Response::Empty,
+            Op::CreateStream | Op::DeleteStream | Op::Subscribe | Op::Reshard => Response::Empty,
             Op::ListStreams => {
                 let count = r.u32("stream count")? as usize;
                 let mut names = Vec::with_capacity(count.min(1024));
@@ -596,6 +692,13 @@ impl Response {
                         hash_end: r.u128("hash end")?,
                         trim_seq: r.u64("trim horizon")?,
                         tip_seq: r.u64("tip")?,
+                        parent: Some(r.u32("parent")?).filter(|&p| p != u32::MAX),
+                        adjacent_parent: Some(r.u32("adjacent parent")?).filter(|&p| p != u32::MAX),
+                        end_seq: {
+                            let closed = r.u8("closed")? != 0;
+                            let end = r.u64("end sequence")?;
+                            closed.then_some(end)
+                        },
                     });
                 }
                 Response::Stream(StreamDescription {
@@ -856,6 +959,17 @@ mod tests {
             Request::DeleteStream { stream: "s".into() },
             Request::ListStreams,
             Request::DescribeStream { stream: "s".into() },
+            Request::Reshard {
+                stream: "s".into(),
+                change: Reshard::Split {
+                    shard: 3,
+                    new_starting_hash: u128::MAX / 3,
+                },
+            },
+            Request::Reshard {
+                stream: "s".into(),
+                change: Reshard::Move { shard: 1, core: 1 },
+            },
             Request::Subscribe {
                 stream: "s".into(),
                 shard: 0,
@@ -951,14 +1065,30 @@ mod tests {
                     status: "ACTIVE".into(),
                     retention_hours: 24,
                     created_us: 1,
-                    shards: vec![ShardDescription {
-                        index: 0,
-                        owner_core: 1,
-                        hash_start: 0,
-                        hash_end: u128::MAX,
-                        trim_seq: 0,
-                        tip_seq: 10,
-                    }],
+                    shards: vec![
+                        ShardDescription {
+                            index: 0,
+                            owner_core: 1,
+                            hash_start: 0,
+                            hash_end: u128::MAX,
+                            trim_seq: 0,
+                            tip_seq: 10,
+                            parent: None,
+                            adjacent_parent: None,
+                            end_seq: Some(10),
+                        },
+                        ShardDescription {
+                            index: 3,
+                            owner_core: 0,
+                            hash_start: 0,
+                            hash_end: u128::MAX,
+                            trim_seq: 0,
+                            tip_seq: 0,
+                            parent: Some(1),
+                            adjacent_parent: Some(2),
+                            end_seq: None,
+                        },
+                    ],
                 }),
             ),
             (Op::CreateStream, Response::Empty),

@@ -5,43 +5,41 @@
 //! core that holds the connection.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures::future::join_all;
 
-use crate::catalog::{self, StreamStatus};
+use crate::catalog::{self, Catalog, StreamStatus};
+use crate::limits::RESHARD_WAIT_US_MAX;
 use crate::log::{RecordIn, batch};
 use crate::protocol::binary::{PutEntry, PutResult, Status, WireError};
-use crate::server::core::{Core, CoreReply, CoreRequest};
+use crate::server::core::{Core, CoreReply, CoreRequest, SubBatchOutcome};
 
 /// Routes and appends a put; every limit is checked before anything is appended.
 ///
+/// When a shard is closing (split, merge) or moving to another core, its owner hands the
+/// records back; they are routed again with the next catalog, which sends them to the
+/// shard's children or its new owner, so a put that arrives during a reshard is neither
+/// lost nor appended to a closed shard.
+///
 /// # Errors
 /// [`WireError`] for the request as a whole: unknown stream, or a limit broken (nothing is
-/// appended then). Per-record failures (a shard's commit failed) are in the results.
+/// appended then). Per-record failures (a shard's commit failed, a quota) are in the
+/// results.
 pub async fn put_records(
     core: &Rc<Core>,
     stream_name: &str,
     entries: Vec<PutEntry>,
     arrival_us: u64,
 ) -> Result<Vec<PutResult>, WireError> {
-    let snapshot = core.snapshot();
-    // Records go only to a stream that is ACTIVE (or UPDATING), as in Kinesis.
-    let stream = snapshot
-        .stream(stream_name)
-        .filter(|s| matches!(s.status, StreamStatus::Active | StreamStatus::Updating))
-        .ok_or_else(|| stream_not_found(stream_name))?;
     let count = entries.len();
+    let mut hashes = Vec::with_capacity(count);
     let mut records = Vec::with_capacity(count);
-    let mut placement = Vec::with_capacity(count);
     for entry in entries {
-        let hash = match entry.explicit_hash_key {
+        hashes.push(match entry.explicit_hash_key {
             Some(hash) => hash,
             None => catalog::hash_key(&entry.partition_key),
-        };
-        let shard = stream.shard_for_hash(hash).ok_or_else(|| {
-            WireError::new(Status::Internal, format!("no shard holds hash key {hash}"))
-        })?;
-        placement.push((shard.owner_core, shard.index));
+        });
         records.push(RecordIn {
             partition_key: entry.partition_key,
             data: entry.data,
@@ -49,14 +47,69 @@ pub async fn put_records(
         });
     }
     batch::validate(&records).map_err(|e| WireError::new(Status::LimitExceeded, e.to_string()))?;
+    let mut results: Vec<Option<PutResult>> = vec![None; count];
+    let mut todo: Vec<(usize, RecordIn)> = records.into_iter().enumerate().collect();
+    let deadline = std::time::Instant::now() + Duration::from_micros(RESHARD_WAIT_US_MAX);
+    loop {
+        let snapshot = core.snapshot();
+        let returned =
+            append_once(core, &snapshot, stream_name, todo, &hashes, &mut results).await?;
+        if returned.is_empty() {
+            break;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !core.wait_for_catalog_after(snapshot.epoch, left).await {
+            for (index, _) in returned {
+                results[index] = Some(Err(WireError::new(
+                    Status::ShardUnavailable,
+                    "the record's shard was closing or moving and the reshard did not finish in time",
+                )));
+            }
+            break;
+        }
+        todo = returned;
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| Err(WireError::new(Status::Internal, "missing append result")))
+        })
+        .collect())
+}
+
+/// Routes `todo` (request index, record) with one catalog and appends it, filling
+/// `results`; returns the records handed back by shards that were closing or moving.
+async fn append_once(
+    core: &Rc<Core>,
+    snapshot: &Catalog,
+    stream_name: &str,
+    todo: Vec<(usize, RecordIn)>,
+    hashes: &[u128],
+    results: &mut [Option<PutResult>],
+) -> Result<Vec<(usize, RecordIn)>, WireError> {
+    // Records go only to a stream that is ACTIVE (or UPDATING), as in Kinesis.
+    let stream = snapshot
+        .stream(stream_name)
+        .filter(|s| matches!(s.status, StreamStatus::Active | StreamStatus::Updating))
+        .ok_or_else(|| stream_not_found(stream_name))?;
+    let mut placement = Vec::with_capacity(todo.len());
+    for (index, _) in &todo {
+        let hash = hashes.get(*index).copied().unwrap_or(0);
+        let shard = stream.shard_for_hash(hash).ok_or_else(|| {
+            WireError::new(Status::Internal, format!("no shard holds hash key {hash}"))
+        })?;
+        placement.push((shard.owner_core, shard.index));
+    }
     let plan = plan(&placement);
     let mut sub_batches: Vec<Vec<(u32, Vec<RecordIn>)>> = plan
         .shards
         .iter()
         .map(|shards| shards.iter().map(|&s| (s, Vec::new())).collect())
         .collect();
-    for (record, &(core_slot, batch_slot)) in records.into_iter().zip(&plan.slots) {
+    let mut order: Vec<usize> = Vec::with_capacity(todo.len());
+    for ((index, record), &(core_slot, batch_slot)) in todo.into_iter().zip(&plan.slots) {
         sub_batches[core_slot][batch_slot].1.push(record);
+        order.push(index);
     }
     let calls = plan
         .cores
@@ -69,10 +122,10 @@ pub async fn put_records(
             };
             core.call(usize::from(target), request)
         });
-    let mut acks = Vec::with_capacity(plan.cores.len());
+    let mut outcomes: Vec<Vec<SubBatchOutcome>> = Vec::with_capacity(plan.cores.len());
     for reply in join_all(calls).await {
         match reply {
-            CoreReply::Appended(per_shard) => acks.push(per_shard),
+            CoreReply::Appended(per_shard) => outcomes.push(per_shard),
             CoreReply::Control(Err(error)) => return Err(error),
             _ => {
                 return Err(WireError::new(
@@ -82,21 +135,38 @@ pub async fn put_records(
             }
         }
     }
-    // Each record's sequence number is its sub-batch's first plus its place in it.
-    let mut taken: Vec<Vec<u64>> = acks.iter().map(|a| vec![0; a.len()]).collect();
-    let mut results: Vec<PutResult> = Vec::with_capacity(count);
-    for &(core_slot, batch_slot) in &plan.slots {
+    // Each record's sequence number is its sub-batch's first plus its place in it; records
+    // past the appended prefix failed, or come back to be routed again.
+    let mut taken: Vec<Vec<usize>> = outcomes.iter().map(|a| vec![0; a.len()]).collect();
+    let mut returned = Vec::new();
+    for (&(core_slot, batch_slot), &index) in plan.slots.iter().zip(&order) {
         let shard = plan.shards[core_slot][batch_slot];
         let place = &mut taken[core_slot][batch_slot];
-        let result = match acks.get(core_slot).and_then(|a| a.get(batch_slot)) {
-            Some(Ok(ack)) => Ok((shard, ack.first_seq + *place)),
-            Some(Err(error)) => Err(error.clone()),
+        let outcome = outcomes
+            .get_mut(core_slot)
+            .and_then(|a| a.get_mut(batch_slot));
+        let result = match outcome {
+            Some(o) if *place < o.appended as usize => Ok((shard, o.first_seq + *place as u64)),
+            Some(o) if !o.returned.is_empty() => {
+                // Handed back in order; take them from the front.
+                if let Some(record) = o.returned.pop_front() {
+                    returned.push((index, record));
+                }
+                *place += 1;
+                continue;
+            }
+            Some(o) => Err(o
+                .error
+                .clone()
+                .unwrap_or_else(|| WireError::new(Status::Internal, "record not appended"))),
             None => Err(WireError::new(Status::Internal, "missing append result")),
         };
         *place += 1;
-        results.push(result);
+        if let Some(slot) = results.get_mut(index) {
+            *slot = Some(result);
+        }
     }
-    Ok(results)
+    Ok(returned)
 }
 
 /// Where each record of a put goes: owner cores, the shards per core, and for each record

@@ -9,7 +9,12 @@ use std::rc::Rc;
 use futures::future::join_all;
 use glommio::sync::Semaphore;
 
-use crate::catalog::{Catalog, CatalogError, StreamMeta, StreamStatus};
+use std::collections::BTreeMap;
+
+use crate::catalog::{
+    Catalog, CatalogError, Reshard, ReshardStep, ShardMeta, StreamMeta, StreamStatus,
+};
+use crate::limits::{SCALINGS_PER_DAY_MAX, SHARDS_MAX, STREAM_SHARDS_MAX};
 use crate::protocol::binary::{Response, Status, WireError};
 use crate::server::core::{Core, CoreReply, CoreRequest};
 
@@ -43,6 +48,18 @@ pub enum ControlRequest {
     FinishDelete {
         name: String,
     },
+    /// Splits, merges, rescales or moves shards. The stream is UPDATING until it is done.
+    Reshard {
+        name: String,
+        change: Reshard,
+    },
+    /// Carries out a stream's pending reshard (after its UPDATING period, or after a
+    /// restart that interrupted it).
+    FinishReshard {
+        name: String,
+    },
+    /// Forgets closed shards whose data is past retention and deletes their files.
+    ExpireClosed,
 }
 
 pub struct Controller {
@@ -64,8 +81,27 @@ impl Controller {
     /// # Errors
     /// The first core's failure to adopt it (a shard that would not open).
     pub async fn publish(&self, core: &Rc<Core>, deleted: Vec<StreamMeta>) -> Result<(), String> {
+        let all: Vec<usize> = (0..core.cores).collect();
+        self.publish_to(core, &all, deleted).await
+    }
+
+    /// Sends the current catalog to `first` and, once they have adopted it, to every other
+    /// core. A reshard names the cores that open new shards first, so no core routes a
+    /// record to a shard whose owner has not opened it yet.
+    async fn publish_first(&self, core: &Rc<Core>, first: &[usize]) -> Result<(), String> {
+        let rest: Vec<usize> = (0..core.cores).filter(|c| !first.contains(c)).collect();
+        self.publish_to(core, first, Vec::new()).await?;
+        self.publish_to(core, &rest, Vec::new()).await
+    }
+
+    async fn publish_to(
+        &self,
+        core: &Rc<Core>,
+        targets: &[usize],
+        deleted: Vec<StreamMeta>,
+    ) -> Result<(), String> {
         let catalog = self.catalog.borrow().clone();
-        let calls = (0..core.cores).map(|target| {
+        let calls = targets.iter().map(|&target| {
             let request = CoreRequest::Snapshot {
                 catalog: catalog.clone(),
                 deleted: deleted.clone(),
@@ -97,9 +133,19 @@ impl Controller {
             .acquire_permit(1)
             .await
             .map_err(|e| WireError::new(Status::Internal, e.to_string()))?;
-        let mut next = self.catalog.borrow().clone();
         let data_dir = core.data_dir();
         let transition_ms = core.config.kinesis.stream_transition_ms;
+        let request = match request {
+            ControlRequest::Reshard { name, change } => {
+                return self.accept_reshard(core, &name, change).await;
+            }
+            ControlRequest::FinishReshard { name } => {
+                return self.finish_reshard(core, &name).await;
+            }
+            ControlRequest::ExpireClosed => return self.expire_closed(core).await,
+            other => other,
+        };
+        let mut next = self.catalog.borrow().clone();
         let deleted = match request {
             ControlRequest::CreateStream {
                 name,
@@ -156,6 +202,9 @@ impl Controller {
                 }
                 Vec::new()
             }
+            ControlRequest::Reshard { .. }
+            | ControlRequest::FinishReshard { .. }
+            | ControlRequest::ExpireClosed => Vec::new(),
         };
         next.persist(&data_dir).await.map_err(catalog_error)?;
         *self.catalog.borrow_mut() = next;
@@ -170,6 +219,419 @@ impl Controller {
         }
         Ok(Response::Empty)
     }
+}
+
+impl Controller {
+    /// Checks a reshard, marks the stream UPDATING with the change pending (persisted, so
+    /// a restart finishes it), then carries it out at once or after the configured
+    /// transition.
+    async fn accept_reshard(
+        &self,
+        core: &Rc<Core>,
+        name: &str,
+        change: Reshard,
+    ) -> Result<Response, WireError> {
+        if change == Reshard::Rebalance {
+            return self.rebalance(core).await;
+        }
+        let mut next = self.catalog.borrow().clone();
+        let open_total: u32 = next.shards_per_core(core.cores).iter().sum();
+        let stream = next.stream_mut(name).map_err(catalog_error)?;
+        if stream.status != StreamStatus::Active {
+            return Err(WireError::new(
+                Status::ResourceInUse,
+                format!(
+                    "Stream {name} under account {} not ACTIVE, instead in state {}",
+                    core.config.account_id,
+                    stream.status.as_str()
+                ),
+            ));
+        }
+        check_reshard(stream, &change, open_total, core.cores, now_us())?;
+        if let Reshard::Move { .. } = change {
+            // A move is not a change Kinesis shows; it runs at once and leaves the stream
+            // ACTIVE.
+            drop(next);
+            return self.run_reshard(core, name, change).await;
+        }
+        if let Reshard::Scale { .. } = change {
+            stream.scalings_us.push(now_us());
+        }
+        stream.status = StreamStatus::Updating;
+        stream.pending = Some(change);
+        self.commit(core, next, &[]).await?;
+        let transition_ms = core.config.kinesis.stream_transition_ms;
+        if transition_ms > 0 {
+            later(
+                core,
+                transition_ms,
+                ControlRequest::FinishReshard {
+                    name: name.to_string(),
+                },
+            );
+            return Ok(Response::Empty);
+        }
+        self.finish_reshard(core, name).await
+    }
+
+    /// Carries out the stream's pending reshard and makes it ACTIVE again.
+    async fn finish_reshard(&self, core: &Rc<Core>, name: &str) -> Result<Response, WireError> {
+        let pending = self
+            .catalog
+            .borrow()
+            .stream(name)
+            .and_then(|s| s.pending.clone());
+        let result = match pending {
+            Some(change) => self.run_reshard(core, name, change).await,
+            None => Ok(Response::Empty),
+        };
+        let mut next = self.catalog.borrow().clone();
+        if let Ok(stream) = next.stream_mut(name) {
+            stream.status = StreamStatus::Active;
+            stream.pending = None;
+            self.commit(core, next, &[]).await?;
+        }
+        result
+    }
+
+    /// Runs the rounds of a reshard: in each, the parents' owners fence them and report
+    /// where they end, then one catalog change closes the parents and opens the children.
+    async fn run_reshard(
+        &self,
+        core: &Rc<Core>,
+        name: &str,
+        change: Reshard,
+    ) -> Result<Response, WireError> {
+        if let Reshard::Move {
+            shard,
+            core: target,
+        } = change
+        {
+            return self.move_shard(core, name, shard, target).await;
+        }
+        // Bounded: each scaling round splits or merges at least one shard, and a scaling
+        // needs at most a split per target boundary and a merge per shard.
+        for _round in 0..(4 * STREAM_SHARDS_MAX) {
+            let current = self.catalog.borrow().clone();
+            let Some(stream) = current.stream(name) else {
+                return Err(catalog_error(CatalogError::StreamNotFound(name.into())));
+            };
+            let steps = match &change {
+                Reshard::Split {
+                    shard,
+                    new_starting_hash,
+                } => match stream.check_split(*shard, *new_starting_hash) {
+                    Ok(step) => vec![step],
+                    // Done before a restart interrupted the rest.
+                    Err(CatalogError::ShardClosed(_)) => Vec::new(),
+                    Err(error) => return Err(catalog_error(error)),
+                },
+                Reshard::Merge { shard, adjacent } => match stream.check_merge(*shard, *adjacent) {
+                    Ok(step) => vec![step],
+                    Err(CatalogError::ShardClosed(_)) => Vec::new(),
+                    Err(error) => return Err(catalog_error(error)),
+                },
+                Reshard::Scale { target } => stream.next_scaling_round(*target),
+                Reshard::Move { .. } | Reshard::Rebalance => Vec::new(),
+            };
+            if steps.is_empty() {
+                return Ok(Response::Empty);
+            }
+            self.run_round(core, stream, &steps).await?;
+            if !matches!(change, Reshard::Scale { .. }) {
+                return Ok(Response::Empty);
+            }
+        }
+        Err(WireError::new(
+            Status::Internal,
+            format!("resharding {name} did not converge"),
+        ))
+    }
+
+    async fn run_round(
+        &self,
+        core: &Rc<Core>,
+        stream: &StreamMeta,
+        steps: &[ReshardStep],
+    ) -> Result<(), WireError> {
+        let parents: Vec<u32> = steps.iter().flat_map(|s| s.parents.clone()).collect();
+        let ends = fence(core, stream, &parents, false).await?;
+        let mut next = self.catalog.borrow().clone();
+        let mut load = next.shards_per_core(core.cores);
+        let target = next.stream_mut(&stream.name).map_err(catalog_error)?;
+        let made = match target.apply_steps(steps, &ends, &mut load, now_us()) {
+            Ok(made) => made,
+            Err(error) => {
+                unfence(core, stream, &parents).await;
+                return Err(catalog_error(error));
+            }
+        };
+        let mut owners: Vec<usize> = target
+            .shards
+            .iter()
+            .filter(|s| made.contains(&s.index))
+            .map(|s| usize::from(s.owner_core))
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
+        tracing::info!(
+            stream = %stream.name,
+            closed = ?parents,
+            opened = ?made,
+            "reshard round"
+        );
+        self.commit(core, next, &owners).await
+    }
+
+    /// Moves a shard to another core: its owner fences it, waits for what it holds to be
+    /// durable and lets it go; the new owner opens it from its files.
+    async fn move_shard(
+        &self,
+        core: &Rc<Core>,
+        name: &str,
+        shard: u32,
+        target: u16,
+    ) -> Result<Response, WireError> {
+        let current = self.catalog.borrow().clone();
+        let stream = current
+            .stream(name)
+            .ok_or_else(|| catalog_error(CatalogError::StreamNotFound(name.into())))?;
+        let meta = stream.shard(shard).ok_or_else(|| {
+            catalog_error(CatalogError::ShardNotFound {
+                stream: name.into(),
+                shard: crate::catalog::shard_id(shard),
+            })
+        })?;
+        if meta.owner_core == target {
+            return Ok(Response::Empty);
+        }
+        fence(core, stream, &[shard], true).await?;
+        let mut next = current.clone();
+        let stream = next.stream_mut(name).map_err(catalog_error)?;
+        for meta in stream.shards.iter_mut().chain(stream.closed.iter_mut()) {
+            if meta.index == shard {
+                meta.owner_core = target;
+            }
+        }
+        tracing::info!(stream = %name, shard, core = target, "moved shard");
+        self.commit(core, next, &[usize::from(target)]).await?;
+        Ok(Response::Empty)
+    }
+
+    /// Moves shards one at a time until open shards are even over the cores.
+    async fn rebalance(&self, core: &Rc<Core>) -> Result<Response, WireError> {
+        // Each move narrows the gap between two cores, so this ends; the bound is a guard.
+        for _ in 0..SHARDS_MAX {
+            let next = self.catalog.borrow().next_rebalance_move(core.cores);
+            let Some((name, shard, target)) = next else {
+                break;
+            };
+            self.move_shard(core, &name, shard, target).await?;
+        }
+        Ok(Response::Empty)
+    }
+
+    async fn expire_closed(&self, core: &Rc<Core>) -> Result<Response, WireError> {
+        let mut next = self.catalog.borrow().clone();
+        let now = now_us();
+        let mut gone: Vec<(StreamMeta, ShardMeta)> = Vec::new();
+        for stream in next.streams.values_mut() {
+            for shard in stream.expire_closed(now) {
+                gone.push((stream.clone(), shard));
+            }
+        }
+        if gone.is_empty() {
+            return Ok(Response::Empty);
+        }
+        next.epoch += 1;
+        self.commit(core, next, &[]).await?;
+        for (stream, shard) in gone {
+            let dir = stream.shard_dir(&core.data_dir(), shard.index);
+            tracing::info!(dir = %dir.display(), "closed shard past retention: removing it");
+            if let Err(error) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), %error, "could not remove an expired shard");
+            }
+        }
+        Ok(Response::Empty)
+    }
+
+    /// Persists `next`, makes it current and sends it to every core, `first` first.
+    async fn commit(
+        &self,
+        core: &Rc<Core>,
+        next: Catalog,
+        first: &[usize],
+    ) -> Result<(), WireError> {
+        next.persist(&core.data_dir())
+            .await
+            .map_err(catalog_error)?;
+        *self.catalog.borrow_mut() = next;
+        self.publish_first(core, first)
+            .await
+            .map_err(|m| WireError::new(Status::StorageFailed, m))
+    }
+
+    /// Schedules the reshards a restart interrupted.
+    pub fn resume(&self, core: &Rc<Core>) {
+        let pending: Vec<String> = self
+            .catalog
+            .borrow()
+            .streams
+            .values()
+            .filter(|s| s.pending.is_some())
+            .map(|s| s.name.clone())
+            .collect();
+        for name in pending {
+            tracing::info!(stream = %name, "finishing a reshard a restart interrupted");
+            later(core, 0, ControlRequest::FinishReshard { name });
+        }
+    }
+}
+
+/// Checks a reshard against the stream and the quotas, before anything changes.
+fn check_reshard(
+    stream: &mut StreamMeta,
+    change: &Reshard,
+    open_total: u32,
+    cores: usize,
+    now_us: u64,
+) -> Result<(), WireError> {
+    let open = stream.shards.len() as u32;
+    let limit = |message: String| WireError::new(Status::ResourceLimit, message);
+    match *change {
+        Reshard::Split {
+            shard,
+            new_starting_hash,
+        } => {
+            stream
+                .check_split(shard, new_starting_hash)
+                .map_err(catalog_error)?;
+            if open_total + 1 > SHARDS_MAX || open + 1 > STREAM_SHARDS_MAX {
+                return Err(limit(format!(
+                    "splitting would pass the shard limit ({SHARDS_MAX} on the server, {STREAM_SHARDS_MAX} a stream)"
+                )));
+            }
+        }
+        Reshard::Merge { shard, adjacent } => {
+            stream.check_merge(shard, adjacent).map_err(catalog_error)?;
+        }
+        Reshard::Scale { target } => {
+            if target == 0 || target > STREAM_SHARDS_MAX {
+                return Err(WireError::new(
+                    Status::InvalidArgument,
+                    format!("TargetShardCount {target} is outside 1..={STREAM_SHARDS_MAX}"),
+                ));
+            }
+            if target > open.saturating_mul(2) || target.saturating_mul(2) < open {
+                return Err(limit(format!(
+                    "UpdateShardCount can scale stream {} from {open} open shards to between \
+                     {} and {} shards, not {target}",
+                    stream.name,
+                    open.div_ceil(2),
+                    open.saturating_mul(2)
+                )));
+            }
+            if open_total - open + target > SHARDS_MAX {
+                return Err(limit(format!(
+                    "scaling to {target} shards would pass the server's shard limit of {SHARDS_MAX}"
+                )));
+            }
+            let day_ago = now_us.saturating_sub(24 * 3_600_000_000);
+            stream.scalings_us.retain(|&at| at > day_ago);
+            if stream.scalings_us.len() >= SCALINGS_PER_DAY_MAX {
+                return Err(limit(format!(
+                    "stream {} was rescaled {SCALINGS_PER_DAY_MAX} times in the last 24 hours, \
+                     the most UpdateShardCount allows",
+                    stream.name
+                )));
+            }
+        }
+        Reshard::Rebalance => {}
+        Reshard::Move { shard, core } => {
+            if usize::from(core) >= cores {
+                return Err(WireError::new(
+                    Status::InvalidArgument,
+                    format!("core {core} does not exist: the server runs {cores} cores"),
+                ));
+            }
+            if stream.shard(shard).is_none() {
+                return Err(catalog_error(CatalogError::ShardNotFound {
+                    stream: stream.name.clone(),
+                    shard: crate::catalog::shard_id(shard),
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fences `shards` on their owner cores; returns where each ends. When any owner fails,
+/// the ones fenced are opened again.
+async fn fence(
+    core: &Rc<Core>,
+    stream: &StreamMeta,
+    shards: &[u32],
+    release: bool,
+) -> Result<BTreeMap<u32, u64>, WireError> {
+    let mut by_core: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+    for &index in shards {
+        if let Some(meta) = stream.shard(index) {
+            by_core.entry(meta.owner_core).or_default().push(index);
+        }
+    }
+    let calls = by_core.iter().map(|(&owner, list)| {
+        core.call(
+            usize::from(owner),
+            CoreRequest::Fence {
+                stream_id: stream.id,
+                shards: list.clone(),
+                release,
+            },
+        )
+    });
+    let mut ends = BTreeMap::new();
+    let mut failure = None;
+    for reply in join_all(calls).await {
+        match reply {
+            CoreReply::Fenced(Ok(list)) => ends.extend(list),
+            CoreReply::Fenced(Err(error)) | CoreReply::Control(Err(error)) => {
+                failure = Some(error);
+            }
+            _ => {
+                failure = Some(WireError::new(
+                    Status::Internal,
+                    "unexpected reply to a fence",
+                ))
+            }
+        }
+    }
+    if let Some(error) = failure {
+        if !release {
+            let fenced: Vec<u32> = ends.keys().copied().collect();
+            unfence(core, stream, &fenced).await;
+        }
+        return Err(error);
+    }
+    Ok(ends)
+}
+
+async fn unfence(core: &Rc<Core>, stream: &StreamMeta, shards: &[u32]) {
+    let mut by_core: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+    for &index in shards {
+        if let Some(meta) = stream.shard(index) {
+            by_core.entry(meta.owner_core).or_default().push(index);
+        }
+    }
+    let calls = by_core.into_iter().map(|(owner, list)| {
+        core.call(
+            usize::from(owner),
+            CoreRequest::Unfence {
+                stream_id: stream.id,
+                shards: list,
+            },
+        )
+    });
+    join_all(calls).await;
 }
 
 /// Sends `request` to the controller after `delay_ms` (the end of a CREATING or DELETING
@@ -199,7 +661,13 @@ pub fn settle_transitions(catalog: &mut Catalog) -> bool {
         let _ = catalog.delete_stream(&name);
     }
     for stream in catalog.streams.values_mut() {
-        if stream.status == StreamStatus::Creating {
+        // A stream UPDATING with a reshard pending stays so: the controller finishes it.
+        let settled = match stream.status {
+            StreamStatus::Creating => true,
+            StreamStatus::Updating => stream.pending.is_none(),
+            StreamStatus::Active | StreamStatus::Deleting => false,
+        };
+        if settled {
             stream.status = StreamStatus::Active;
             changed = true;
         }
@@ -234,7 +702,11 @@ pub fn catalog_error(error: CatalogError) -> WireError {
         CatalogError::InvalidName(_) | CatalogError::InvalidShardCount { .. } => {
             Status::InvalidArgument
         }
-        CatalogError::ShardLimit { .. } => Status::LimitExceeded,
+        CatalogError::ShardLimit { .. } => Status::ResourceLimit,
+        CatalogError::ShardNotFound { .. } => Status::ShardNotFound,
+        CatalogError::ShardClosed(_)
+        | CatalogError::InvalidSplit { .. }
+        | CatalogError::NotAdjacent { .. } => Status::InvalidArgument,
         CatalogError::Io(_) | CatalogError::Damaged { .. } => Status::StorageFailed,
     };
     WireError::new(status, error.to_string())

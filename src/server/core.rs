@@ -4,7 +4,7 @@
 //! nothing here crosses threads except [`CoreMessage`] values on bounded glommio channels.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use crate::catalog::{Catalog, StreamMeta};
 use crate::commit::Committer;
 use crate::config::Config;
 use crate::limits::READ_WAIT_US_MAX;
-use crate::log::{AppendAck, AppendError, LogConfig, RecordIn, ShardLog, StartPosition};
+use crate::log::{AppendError, LogConfig, RecordIn, ShardLog, StartPosition};
 use crate::metrics::{CoreMetrics, Op as Measured, Recorder};
 use crate::protocol::binary::{RecordsBody, Response, Status, WireError};
 use crate::protocol::kinesis::iterator::IteratorKey;
@@ -66,6 +66,16 @@ pub enum CoreRequest {
     },
     /// Trim horizon and tip of shards the target owns.
     Tips { stream_id: u64, shards: Vec<u32> },
+    /// Close shards the target owns to appends and report where each ends, once all they
+    /// hold is durable (the first half of a split, merge or move). With `release`, the
+    /// target also lets go of them, for another core to open.
+    Fence {
+        stream_id: u64,
+        shards: Vec<u32>,
+        release: bool,
+    },
+    /// Open fenced shards to appends again (a reshard that could not finish).
+    Unfence { stream_id: u64, shards: Vec<u32> },
     /// The target's measurements.
     Metrics,
     /// A catalog change, for the controller (core 0).
@@ -77,15 +87,46 @@ pub enum CoreRequest {
     },
 }
 
+/// What became of one sub-batch of an append.
+pub struct SubBatchOutcome {
+    /// Sequence number of the first appended record; the first `appended` records got
+    /// consecutive ones.
+    pub first_seq: u64,
+    pub appended: u32,
+    /// Why the records after the appended ones were not appended.
+    pub error: Option<WireError>,
+    /// Those records, in order, when they should be routed again: the shard was closing
+    /// or moving, so the next catalog sends them elsewhere.
+    pub returned: VecDeque<RecordIn>,
+}
+
+impl SubBatchOutcome {
+    fn failed(error: WireError, records: Vec<RecordIn>) -> SubBatchOutcome {
+        let returned = if error.status == Status::ShardUnavailable {
+            records.into()
+        } else {
+            VecDeque::new()
+        };
+        SubBatchOutcome {
+            first_seq: 0,
+            appended: 0,
+            error: Some(error),
+            returned,
+        }
+    }
+}
+
 /// The answer to a [`CoreRequest`].
 pub enum CoreReply {
-    Appended(Vec<Result<AppendAck, WireError>>),
+    Appended(Vec<SubBatchOutcome>),
     Read(Result<RecordsBody, WireError>),
     Tips(Vec<(u32, u64, u64)>),
     Resolved(Result<u64, WireError>),
     Metrics(Box<CoreMetrics>),
     Control(Result<Response, WireError>),
     Applied(Result<(), String>),
+    /// Where each fenced shard ends: (shard, one past its last sequence number).
+    Fenced(Result<Vec<(u32, u64)>, WireError>),
 }
 
 /// A core of the server.
@@ -111,6 +152,11 @@ pub struct Core {
     pub metrics: Recorder,
     /// Callers waiting for the first catalog (a core serves nothing before it has one).
     ready: RefCell<Option<Vec<oneshot::Sender<()>>>>,
+    /// Callers waiting for the next catalog (a put or read whose shard is closing or
+    /// moving).
+    catalog_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Serialises the adoption of catalogs.
+    snapshot_turn: glommio::sync::Semaphore,
 }
 
 impl Core {
@@ -137,6 +183,8 @@ impl Core {
             controller,
             connections: Cell::new(0),
             ready: RefCell::new(Some(Vec::new())),
+            catalog_waiters: RefCell::new(Vec::new()),
+            snapshot_turn: glommio::sync::Semaphore::new(1),
             iterator_key: IteratorKey::new(iterator_key, iterator_ttl_ms),
             json_buffers: RefCell::new(simd_json::Buffers::with_max_depth(4096, JSON_DEPTH_MAX)),
             request_number: Cell::new(0),
@@ -173,6 +221,25 @@ impl Core {
     /// This core's current copy of the catalog.
     pub fn snapshot(&self) -> Rc<Catalog> {
         self.snapshot.borrow().clone()
+    }
+
+    /// Waits until this core holds a catalog newer than `epoch`, or `timeout` passes.
+    /// Returns whether it does.
+    pub async fn wait_for_catalog_after(&self, epoch: u64, timeout: Duration) -> bool {
+        if self.snapshot.borrow().epoch > epoch {
+            return true;
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiters = self.catalog_waiters.borrow_mut();
+            waiters.retain(|w| !w.is_canceled());
+            waiters.push(tx);
+        }
+        let woken = async {
+            let _ = rx.await;
+        };
+        futures_lite::future::or(woken, glommio::timer::sleep(timeout)).await;
+        self.snapshot.borrow().epoch > epoch
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -308,7 +375,64 @@ impl Core {
             CoreRequest::Snapshot { catalog, deleted } => {
                 CoreReply::Applied(self.apply_snapshot(catalog, deleted).await)
             }
+            CoreRequest::Fence {
+                stream_id,
+                shards,
+                release,
+            } => CoreReply::Fenced(self.fence(stream_id, &shards, release).await),
+            CoreRequest::Unfence { stream_id, shards } => {
+                for shard in shards {
+                    if let Some(log) = self.shards.borrow().get(&(stream_id, shard)) {
+                        log.set_fenced(false);
+                    }
+                }
+                CoreReply::Fenced(Ok(Vec::new()))
+            }
         }
+    }
+
+    /// Fences shards (see [`CoreRequest::Fence`]); on a failure, the ones fenced so far
+    /// are opened again.
+    async fn fence(
+        &self,
+        stream_id: u64,
+        shards: &[u32],
+        release: bool,
+    ) -> Result<Vec<(u32, u64)>, WireError> {
+        let mut ends = Vec::with_capacity(shards.len());
+        let mut logs = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            let log = self.shards.borrow().get(&(stream_id, shard)).cloned();
+            let fenced = match log {
+                Some(log) => log
+                    .fence()
+                    .await
+                    .map(|end| (log, end))
+                    .map_err(append_error),
+                None => Err(not_owned(shard)),
+            };
+            match fenced {
+                Ok((log, end)) => {
+                    ends.push((shard, end));
+                    logs.push(log);
+                }
+                Err(error) => {
+                    for log in &logs {
+                        log.set_fenced(false);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        if release {
+            for &shard in shards {
+                let log = self.shards.borrow_mut().remove(&(stream_id, shard));
+                if let Some(log) = log {
+                    log.close().await;
+                }
+            }
+        }
+        Ok(ends)
     }
 
     /// Appends each sub-batch to its shard; the sub-batches run concurrently and share the
@@ -317,7 +441,7 @@ impl Core {
         &self,
         stream_id: u64,
         batches: Vec<(u32, Vec<RecordIn>)>,
-    ) -> Vec<Result<AppendAck, WireError>> {
+    ) -> Vec<SubBatchOutcome> {
         let appends = batches.iter().map(|(shard, records)| {
             let log = self.shards.borrow().get(&(stream_id, *shard)).cloned();
             async move {
@@ -338,7 +462,20 @@ impl Core {
                 appended
             }
         });
-        join_all(appends).await
+        let results = join_all(appends).await;
+        results
+            .into_iter()
+            .zip(batches)
+            .map(|(result, (_, records))| match result {
+                Ok(ack) => SubBatchOutcome {
+                    first_seq: ack.first_seq,
+                    appended: ack.records,
+                    error: None,
+                    returned: VecDeque::new(),
+                },
+                Err(error) => SubBatchOutcome::failed(error, records),
+            })
+            .collect()
     }
 
     async fn read_local(
@@ -390,6 +527,18 @@ impl Core {
         catalog: Catalog,
         deleted: Vec<StreamMeta>,
     ) -> Result<(), String> {
+        // One catalog at a time: two adoptions interleaved at their awaits could both open
+        // a new shard's log, and two logs appending to one folder would overwrite each
+        // other's records.
+        let _turn = self
+            .snapshot_turn
+            .acquire_permit(1)
+            .await
+            .map_err(|e| e.to_string())?;
+        if catalog.epoch < self.snapshot.borrow().epoch {
+            // An older catalog overtaken by a newer one: nothing to do.
+            return Ok(());
+        }
         for stream in &deleted {
             for shard in &stream.shards {
                 let log = self.shards.borrow_mut().remove(&(stream.id, shard.index));
@@ -398,16 +547,43 @@ impl Core {
                 }
             }
         }
+        // Shards this core no longer owns (moved away, or closed and past retention) are
+        // let go; the controller removes the files of expired ones.
+        let stale: Vec<(u64, u32)> = self
+            .shards
+            .borrow()
+            .keys()
+            .filter(|(stream_id, index)| {
+                let owner = catalog
+                    .streams
+                    .values()
+                    .find(|s| s.id == *stream_id)
+                    .and_then(|s| s.shard(*index))
+                    .map(|s| usize::from(s.owner_core));
+                owner != Some(self.id)
+            })
+            .copied()
+            .collect();
+        for key in stale {
+            let log = self.shards.borrow_mut().remove(&key);
+            if let Some(log) = log {
+                log.close().await;
+            }
+        }
         let data_dir = self.data_dir();
         for stream in catalog.streams.values() {
             for shard in stream
                 .shards
                 .iter()
+                .chain(&stream.closed)
                 .filter(|s| usize::from(s.owner_core) == self.id)
             {
                 let key = (stream.id, shard.index);
                 if let Some(log) = self.shards.borrow().get(&key) {
                     log.set_retention_hours(stream.retention_hours);
+                    if !shard.is_open() {
+                        log.set_fenced(true);
+                    }
                     continue;
                 }
                 let config = LogConfig {
@@ -418,6 +594,7 @@ impl Core {
                 let log = ShardLog::open(&dir, config, self.committer.clone())
                     .await
                     .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+                log.set_fenced(!shard.is_open());
                 self.shards.borrow_mut().insert(key, log);
             }
         }
@@ -432,6 +609,9 @@ impl Core {
             for waiter in waiters {
                 let _ = waiter.send(());
             }
+        }
+        for waiter in self.catalog_waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
         }
         Ok(())
     }
@@ -494,7 +674,7 @@ fn stopped_reply() -> CoreReply {
 
 fn not_owned(shard: u32) -> WireError {
     WireError::new(
-        Status::ShardNotFound,
+        Status::ShardUnavailable,
         format!(
             "shard {} is not open on its owner core",
             crate::catalog::shard_id(shard)
@@ -506,6 +686,7 @@ fn not_owned(shard: u32) -> WireError {
 pub fn append_error(error: AppendError) -> WireError {
     match error {
         AppendError::Limit(limit) => WireError::new(Status::LimitExceeded, limit.to_string()),
+        AppendError::Closed { .. } => WireError::new(Status::ShardUnavailable, error.to_string()),
         AppendError::Commit(_) | AppendError::Failed { .. } => {
             WireError::new(Status::StorageFailed, error.to_string())
         }

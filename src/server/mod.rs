@@ -25,8 +25,8 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::net;
 use crate::runtime;
-use crate::server::controller::Controller;
-use crate::server::core::{Core, CoreMessage};
+use crate::server::controller::{ControlRequest, Controller};
+use crate::server::core::{Core, CoreMessage, CoreReply, CoreRequest};
 
 /// How often each core runs retention over its shards.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
@@ -183,6 +183,18 @@ async fn run_core(
     if let Some(controller) = &core.controller {
         controller.publish(&core, Vec::new()).await?;
         tracing::info!("catalog loaded; every shard is open");
+        controller.resume(&core);
+        let expiry_core = core.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(RETENTION_INTERVAL).await;
+                let request = CoreRequest::Control(ControlRequest::ExpireClosed);
+                if let CoreReply::Control(Err(error)) = expiry_core.call(0, request).await {
+                    tracing::warn!(%error, "expiring closed shards failed");
+                }
+            }
+        })
+        .detach();
     }
     core.wait_ready().await;
     let local_stop = Rc::new(Cell::new(false));

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use futures::future::join_all;
 
 use crate::catalog::StreamMeta;
-use crate::limits::{READ_BYTES_MAX, READ_RECORDS_MAX};
+use crate::limits::{READ_BYTES_MAX, READ_RECORDS_MAX, RESHARD_WAIT_US_MAX};
 use crate::log::StartPosition;
 use crate::protocol::binary::{
     RecordsBody, Request, Response, ShardDescription, Status, StreamDescription, WireError,
@@ -68,6 +68,16 @@ pub async fn handle(core: &Rc<Core>, request: Request) -> Result<Response, WireE
             core.snapshot().streams.keys().cloned().collect(),
         )),
         Request::DescribeStream { stream } => describe(core, &stream).await,
+        Request::Reshard { stream, change } => {
+            control(
+                core,
+                ControlRequest::Reshard {
+                    name: stream,
+                    change,
+                },
+            )
+            .await
+        }
         Request::Subscribe { .. } => Err(WireError::new(
             Status::Internal,
             "subscriptions are served by the connection",
@@ -88,8 +98,8 @@ pub async fn read(
     bytes_max: u32,
     wait_us: u64,
 ) -> Result<RecordsBody, WireError> {
-    let (stream_id, owner) = locate(core, stream_name, shard)?;
-    let request = CoreRequest::Read {
+    let (stream_id, _) = locate(core, stream_name, shard)?;
+    let request = || CoreRequest::Read {
         stream_id,
         shard,
         position,
@@ -97,13 +107,51 @@ pub async fn read(
         bytes_max: bytes_max.clamp(1, READ_BYTES_MAX as u32),
         wait_us,
     };
-    match core.call(owner, request).await {
+    match call_owner(core, stream_id, shard, request).await {
         CoreReply::Read(result) => result,
         CoreReply::Control(Err(error)) => Err(error),
         _ => Err(WireError::new(
             Status::Internal,
             "unexpected reply to a read",
         )),
+    }
+}
+
+/// Sends a request to the core that owns a shard, by the current catalog. When the shard
+/// is moving between cores, waits for the catalog that names its new owner and asks again.
+pub async fn call_owner(
+    core: &Rc<Core>,
+    stream_id: u64,
+    shard: u32,
+    request: impl Fn() -> CoreRequest,
+) -> CoreReply {
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_micros(RESHARD_WAIT_US_MAX);
+    loop {
+        let snapshot = core.snapshot();
+        let owner = snapshot
+            .streams
+            .values()
+            .find(|s| s.id == stream_id)
+            .and_then(|s| s.shard(shard))
+            .map(|s| usize::from(s.owner_core));
+        let Some(owner) = owner else {
+            return CoreReply::Control(Err(WireError::new(
+                Status::ShardNotFound,
+                format!("no shard {}", crate::catalog::shard_id(shard)),
+            )));
+        };
+        let reply = core.call(owner, request()).await;
+        let unavailable = match &reply {
+            CoreReply::Read(Err(e)) | CoreReply::Resolved(Err(e)) | CoreReply::Control(Err(e)) => {
+                e.status == Status::ShardUnavailable
+            }
+            _ => false,
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !unavailable || !core.wait_for_catalog_after(snapshot.epoch, left).await {
+            return reply;
+        }
     }
 }
 
@@ -141,7 +189,7 @@ async fn control(core: &Rc<Core>, request: ControlRequest) -> Result<Response, W
 /// The trim horizon and tip of every shard of `stream`, asked of each owner core once.
 pub async fn tips(core: &Rc<Core>, stream: &StreamMeta) -> BTreeMap<u32, (u64, u64)> {
     let mut by_core: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
-    for shard in &stream.shards {
+    for shard in stream.shards.iter().chain(&stream.closed) {
         by_core
             .entry(shard.owner_core)
             .or_default()
@@ -174,8 +222,8 @@ async fn describe(core: &Rc<Core>, stream_name: &str) -> Result<Response, WireEr
         .ok_or_else(|| route::stream_not_found(stream_name))?;
     let tips = tips(core, stream).await;
     let shards = stream
-        .shards
-        .iter()
+        .all_shards()
+        .into_iter()
         .map(|s| {
             let (trim_seq, tip_seq) = tips.get(&s.index).copied().unwrap_or((0, 0));
             ShardDescription {
@@ -185,6 +233,9 @@ async fn describe(core: &Rc<Core>, stream_name: &str) -> Result<Response, WireEr
                 hash_end: s.hash_end,
                 trim_seq,
                 tip_seq,
+                parent: s.parent,
+                adjacent_parent: s.adjacent_parent,
+                end_seq: s.closed.map(|end| end.end_seq),
             }
         })
         .collect();

@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use crate::catalog::{parse_shard_id, sequence, shard_id};
+use crate::catalog::{Reshard, parse_shard_id, sequence, shard_id};
 use crate::client::Client;
 use crate::limits::BATCH_RECORDS_MAX;
 use crate::log::StartPosition;
@@ -33,6 +33,32 @@ pub enum StreamsArgs {
         server: String,
         name: String,
     },
+    Split {
+        server: String,
+        name: String,
+        shard: String,
+        at: Option<u128>,
+    },
+    Reshard {
+        server: String,
+        name: String,
+        change: ReshardArgs,
+    },
+}
+
+/// A reshard as typed at the terminal.
+pub enum ReshardArgs {
+    Merge(String, String),
+    Scale(u32),
+    Move(String, u16),
+    Rebalance,
+}
+
+/// Reads `shardId-000000000003` or `3`.
+fn shard_arg(text: &str) -> Result<u32, String> {
+    parse_shard_id(text)
+        .or_else(|| text.parse().ok())
+        .ok_or_else(|| format!("`{text}` is not a shard id (shardId-000000000003, or 3)"))
 }
 
 pub struct PutArgs {
@@ -100,24 +126,112 @@ pub fn streams(args: StreamsArgs) -> Result<(), String> {
                     .describe_stream(&name)
                     .await
                     .map_err(|e| e.to_string())?;
+                let open = stream.shards.iter().filter(|s| s.end_seq.is_none()).count();
                 println!(
-                    "stream {}: {}, {} shard(s), retention {} h",
+                    "stream {}: {}, {open} open shard(s), {} closed, retention {} h",
                     stream.name,
                     stream.status,
-                    stream.shards.len(),
+                    stream.shards.len() - open,
                     stream.retention_hours
                 );
-                println!("shard\tcore\trecords\thash range");
+                println!("shard\tcore\trecords\tstate\tparents\thash range");
                 for shard in &stream.shards {
+                    let parents: Vec<String> = shard
+                        .parent
+                        .iter()
+                        .chain(&shard.adjacent_parent)
+                        .map(|p| shard_id(*p))
+                        .collect();
                     println!(
-                        "{}\t{}\t{}\t{}..={}",
+                        "{}\t{}\t{}\t{}\t{}\t{}..={}",
                         shard_id(shard.index),
                         shard.owner_core,
                         shard.tip_seq - shard.trim_seq.min(shard.tip_seq),
+                        if shard.end_seq.is_some() {
+                            "closed"
+                        } else {
+                            "open"
+                        },
+                        if parents.is_empty() {
+                            "-".to_string()
+                        } else {
+                            parents.join(",")
+                        },
                         shard.hash_start,
                         shard.hash_end
                     );
                 }
+            }
+            StreamsArgs::Split {
+                server,
+                name,
+                shard,
+                at,
+            } => {
+                let client = connect(&server).await?;
+                let index = shard_arg(&shard)?;
+                let key = match at {
+                    Some(key) => key,
+                    None => {
+                        let stream = client
+                            .describe_stream(&name)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let meta = stream
+                            .shards
+                            .iter()
+                            .find(|s| s.index == index)
+                            .ok_or_else(|| format!("stream {name} has no shard {shard}"))?;
+                        meta.hash_start + (meta.hash_end - meta.hash_start) / 2 + 1
+                    }
+                };
+                let change = Reshard::Split {
+                    shard: index,
+                    new_starting_hash: key,
+                };
+                client
+                    .reshard(&name, change)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("split {} of {name} at hash key {key}", shard_id(index));
+            }
+            StreamsArgs::Reshard {
+                server,
+                name,
+                change,
+            } => {
+                let client = connect(&server).await?;
+                let (change, done) = match change {
+                    ReshardArgs::Merge(a, b) => {
+                        let (a, b) = (shard_arg(&a)?, shard_arg(&b)?);
+                        let said = format!("merged {} and {} of {name}", shard_id(a), shard_id(b));
+                        (
+                            Reshard::Merge {
+                                shard: a,
+                                adjacent: b,
+                            },
+                            said,
+                        )
+                    }
+                    ReshardArgs::Scale(target) => (
+                        Reshard::Scale { target },
+                        format!("scaled {name} to {target} shard(s)"),
+                    ),
+                    ReshardArgs::Move(shard, core) => {
+                        let index = shard_arg(&shard)?;
+                        let said = format!("moved {} of {name} to core {core}", shard_id(index));
+                        (Reshard::Move { shard: index, core }, said)
+                    }
+                    ReshardArgs::Rebalance => (
+                        Reshard::Rebalance,
+                        "open shards are now spread evenly over the cores".to_string(),
+                    ),
+                };
+                client
+                    .reshard(&name, change)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("{done}");
             }
             StreamsArgs::Delete { server, name } => {
                 let client = connect(&server).await?;

@@ -55,6 +55,25 @@ class Transitions(unittest.TestCase):
         self.assertTrue(wait_for(lambda: "going" not in k.list_streams()["StreamNames"]))
         self.assertEqual(code_of(lambda: status("going")), "ResourceNotFoundException")
 
+    def test_updating_while_a_split_is_under_way_then_active(self):
+        k.create_stream(StreamName="resplit", ShardCount=1)
+        self.assertTrue(wait_for(lambda: status("resplit") == "ACTIVE"))
+        k.split_shard(StreamName="resplit", ShardToSplit="shardId-000000000000",
+                      NewStartingHashKey=str(2 ** 127))
+        self.assertEqual(status("resplit"), "UPDATING")
+        # Puts go on while UPDATING; another reshard waits until the stream is ACTIVE.
+        k.put_record(StreamName="resplit", Data=b"during", PartitionKey="k")
+        self.assertEqual(code_of(lambda: k.split_shard(
+            StreamName="resplit", ShardToSplit="shardId-000000000000",
+            NewStartingHashKey=str(2 ** 126))), "ResourceInUseException")
+        self.assertEqual(code_of(lambda: k.update_shard_count(
+            StreamName="resplit", TargetShardCount=2, ScalingType="UNIFORM_SCALING")),
+            "ResourceInUseException")
+        self.assertTrue(wait_for(lambda: status("resplit") == "ACTIVE"))
+        shards = k.list_shards(StreamName="resplit")["Shards"]
+        self.assertEqual(len(shards), 3)
+        self.assertIn("EndingSequenceNumber", shards[0]["SequenceNumberRange"])
+
     def test_iterators_expire(self):
         k.create_stream(StreamName="ttl", ShardCount=1)
         self.assertTrue(wait_for(lambda: status("ttl") == "ACTIVE"))

@@ -51,6 +51,10 @@ impl KinesisError {
         KinesisError::new("LimitExceededException", 400, message)
     }
 
+    pub fn throughput_exceeded(message: impl Into<String>) -> KinesisError {
+        KinesisError::new("ProvisionedThroughputExceededException", 400, message)
+    }
+
     pub fn expired_iterator(message: impl Into<String>) -> KinesisError {
         KinesisError::new("ExpiredIteratorException", 400, message)
     }
@@ -82,6 +86,10 @@ pub fn from_wire(error: WireError) -> KinesisError {
         Status::LimitExceeded => KinesisError::invalid_argument(message),
         Status::Malformed => KinesisError::serialization(message),
         Status::ShuttingDown => KinesisError::internal(message),
+        Status::ResourceInUse => KinesisError::in_use(message),
+        Status::Throttled => KinesisError::throughput_exceeded(message),
+        Status::ResourceLimit => KinesisError::limit_exceeded(message),
+        Status::ShardUnavailable => KinesisError::internal(message),
         Status::Ok
         | Status::UnsupportedVersion
         | Status::UnknownOperation

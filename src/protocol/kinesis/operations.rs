@@ -21,6 +21,7 @@ use crate::protocol::kinesis::json::{Input, Out};
 use crate::route;
 use crate::server::controller::ControlRequest;
 use crate::server::core::{Core, CoreReply, CoreRequest};
+use crate::server::requests::call_owner;
 
 /// Every operation in the Kinesis model (2013-12-02), for a clear answer to those spate
 /// does not serve yet.
@@ -89,6 +90,9 @@ pub async fn dispatch(
         "AddTagsToStream" => add_tags(core, input).await,
         "RemoveTagsFromStream" => remove_tags(core, input).await,
         "ListTagsForStream" => list_tags(core, input),
+        "SplitShard" => split_shard(core, input).await,
+        "MergeShards" => merge_shards(core, input).await,
+        "UpdateShardCount" => update_shard_count(core, input).await,
         known if MODEL_OPERATIONS.contains(&known) => Err(KinesisError::unknown_operation(
             format!("spate does not implement {known} yet"),
         )),
@@ -252,9 +256,14 @@ async fn control(core: &Rc<Core>, request: ControlRequest) -> Result<(), Kinesis
 }
 
 fn write_shard(out: &mut Out, shard: &catalog::ShardMeta, trim: u64) {
-    out.begin_object()
-        .str("ShardId", &shard_id(shard.index))
-        .object("HashKeyRange")
+    out.begin_object().str("ShardId", &shard_id(shard.index));
+    if let Some(parent) = shard.parent {
+        out.str("ParentShardId", &shard_id(parent));
+    }
+    if let Some(adjacent) = shard.adjacent_parent {
+        out.str("AdjacentParentShardId", &shard_id(adjacent));
+    }
+    out.object("HashKeyRange")
         .str("StartingHashKey", &shard.hash_start.to_string())
         .str("EndingHashKey", &shard.hash_end.to_string())
         .end_object()
@@ -262,9 +271,21 @@ fn write_shard(out: &mut Out, shard: &catalog::ShardMeta, trim: u64) {
         .str(
             "StartingSequenceNumber",
             &sequence::render(shard.index, trim),
-        )
-        .end_object()
-        .end_object();
+        );
+    if let Some(end) = shard.closed {
+        // The last sequence number the shard holds (its start, when it holds none).
+        let last = end.end_seq.saturating_sub(1).max(trim.min(end.end_seq));
+        out.str("EndingSequenceNumber", &sequence::render(shard.index, last));
+    }
+    out.end_object().end_object();
+}
+
+fn stream_mode(stream: &StreamMeta) -> &'static str {
+    if stream.on_demand {
+        "ON_DEMAND"
+    } else {
+        "PROVISIONED"
+    }
 }
 
 fn write_stream_common(out: &mut Out, core: &Core, stream: &StreamMeta) {
@@ -272,7 +293,7 @@ fn write_stream_common(out: &mut Out, core: &Core, stream: &StreamMeta) {
         .str("StreamARN", &stream_arn(core, &stream.name))
         .str("StreamStatus", stream.status.as_str())
         .object("StreamModeDetails")
-        .str("StreamMode", "PROVISIONED")
+        .str("StreamMode", stream_mode(stream))
         .end_object()
         .int("RetentionPeriodHours", i64::from(stream.retention_hours))
         .timestamp("StreamCreationTimestamp", stream.created_us)
@@ -311,8 +332,8 @@ async fn describe_stream(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u
     };
     let tips = crate::server::requests::tips(core, stream).await;
     let listed: Vec<&catalog::ShardMeta> = stream
-        .shards
-        .iter()
+        .all_shards()
+        .into_iter()
         .filter(|s| i64::from(s.index) > after)
         .collect();
     let mut out = Out::with_capacity(256 + 256 * page.min(listed.len()));
@@ -381,7 +402,7 @@ fn list_streams(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, Kines
             .str("StreamARN", &stream_arn(core, &stream.name))
             .str("StreamStatus", stream.status.as_str())
             .object("StreamModeDetails")
-            .str("StreamMode", "PROVISIONED")
+            .str("StreamMode", stream_mode(stream))
             .end_object()
             .timestamp("StreamCreationTimestamp", stream.created_us)
             .end_object();
@@ -429,25 +450,12 @@ async fn list_shards(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
             (name, after)
         }
     };
-    if let Some(filter) = input.object("ShardFilter")? {
-        match filter.required_str("Type")? {
-            "AFTER_SHARD_ID" => {
-                let id = filter.required_str("ShardId")?;
-                let index = parse_shard_id(id).ok_or_else(|| {
-                    KinesisError::invalid_argument(format!("Invalid ShardId {id}"))
-                })?;
-                after = after.max(i64::from(index));
-            }
-            // Every shard is open until resharding exists, so these all list every shard.
-            "AT_TRIM_HORIZON" | "FROM_TRIM_HORIZON" | "AT_LATEST" | "AT_TIMESTAMP"
-            | "FROM_TIMESTAMP" => {}
-            other => {
-                return Err(KinesisError::validation(format!(
-                    "1 validation error detected: Value '{other}' at 'shardFilter.type' failed to satisfy constraint: \
-                     Member must satisfy enum value set: [AFTER_SHARD_ID, AT_TRIM_HORIZON, FROM_TRIM_HORIZON, AT_LATEST, AT_TIMESTAMP, FROM_TIMESTAMP]"
-                )));
-            }
-        }
+    let filter = match input.object("ShardFilter")? {
+        Some(filter) => Some(shard_filter(&filter)?),
+        None => None,
+    };
+    if let Some(ShardFilter::AfterShardId(index)) = filter {
+        after = after.max(i64::from(index));
     }
     let snapshot = find_stream(core, &name)?;
     let Some(stream) = snapshot.stream(&name) else {
@@ -455,9 +463,10 @@ async fn list_shards(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
     };
     let tips = crate::server::requests::tips(core, stream).await;
     let listed: Vec<&catalog::ShardMeta> = stream
-        .shards
-        .iter()
+        .all_shards()
+        .into_iter()
         .filter(|s| i64::from(s.index) > after)
+        .filter(|s| filter.is_none_or(|f| f.admits(stream, s)))
         .collect();
     let shown = &listed[..page.min(listed.len())];
     let mut out = Out::with_capacity(128 + 256 * shown.len());
@@ -473,6 +482,197 @@ async fn list_shards(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
         );
     }
     out.end_object();
+    Ok(out.into_bytes())
+}
+
+/// A ListShards ShardFilter.
+#[derive(Clone, Copy)]
+enum ShardFilter {
+    /// Shards after this one.
+    AfterShardId(u32),
+    /// Shards open at the trim horizon: those whose parents are gone or that never had any.
+    AtTrimHorizon,
+    /// Every shard from the trim horizon on.
+    FromTrimHorizon,
+    /// Open shards.
+    AtLatest,
+    /// Shards open at this time, unix microseconds.
+    AtTimestamp(u64),
+    /// Shards open at this time or opened since.
+    FromTimestamp(u64),
+}
+
+impl ShardFilter {
+    fn admits(self, stream: &StreamMeta, shard: &catalog::ShardMeta) -> bool {
+        let created = if shard.created_us == 0 {
+            stream.created_us
+        } else {
+            shard.created_us
+        };
+        let closed = shard.closed.map(|end| end.closed_us);
+        match self {
+            ShardFilter::AfterShardId(_) | ShardFilter::FromTrimHorizon => true,
+            ShardFilter::AtTrimHorizon => shard
+                .parent
+                .iter()
+                .chain(&shard.adjacent_parent)
+                .all(|p| stream.shard(*p).is_none()),
+            ShardFilter::AtLatest => shard.is_open(),
+            ShardFilter::AtTimestamp(at) => created <= at && closed.is_none_or(|c| c > at),
+            ShardFilter::FromTimestamp(at) => closed.is_none_or(|c| c > at),
+        }
+    }
+}
+
+fn shard_filter(filter: &Input<'_, '_>) -> Result<ShardFilter, KinesisError> {
+    let timestamp = || {
+        filter.timestamp_us("Timestamp")?.ok_or_else(|| {
+            KinesisError::invalid_argument("ShardFilter of this Type requires a Timestamp")
+        })
+    };
+    Ok(match filter.required_str("Type")? {
+        "AFTER_SHARD_ID" => {
+            let id = filter.str("ShardId")?.ok_or_else(|| {
+                KinesisError::invalid_argument("ShardFilter AFTER_SHARD_ID requires a ShardId")
+            })?;
+            let index = parse_shard_id(id)
+                .ok_or_else(|| KinesisError::invalid_argument(format!("Invalid ShardId {id}")))?;
+            ShardFilter::AfterShardId(index)
+        }
+        "AT_TRIM_HORIZON" => ShardFilter::AtTrimHorizon,
+        "FROM_TRIM_HORIZON" => ShardFilter::FromTrimHorizon,
+        "AT_LATEST" => ShardFilter::AtLatest,
+        "AT_TIMESTAMP" => ShardFilter::AtTimestamp(timestamp()?),
+        "FROM_TIMESTAMP" => ShardFilter::FromTimestamp(timestamp()?),
+        other => {
+            return Err(KinesisError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'shardFilter.type' failed to satisfy constraint: \
+                 Member must satisfy enum value set: [AFTER_SHARD_ID, AT_TRIM_HORIZON, FROM_TRIM_HORIZON, AT_LATEST, AT_TIMESTAMP, FROM_TIMESTAMP]"
+            )));
+        }
+    })
+}
+
+// ---- resharding ----
+
+/// Checks the hash key text of SplitShard.
+fn parse_new_starting_hash(text: &str) -> Result<u128, KinesisError> {
+    let valid = !text.is_empty()
+        && text.len() <= 39
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    valid
+        .then(|| text.parse::<u128>().ok())
+        .flatten()
+        .ok_or_else(|| {
+            KinesisError::validation(format!(
+                "1 validation error detected: Value '{text}' at 'newStartingHashKey' failed to satisfy constraint: \
+                 Member must satisfy regular expression pattern: 0|([1-9]\\d{{0,38}})"
+            ))
+        })
+}
+
+fn shard_arg(
+    core: &Core,
+    stream: &StreamMeta,
+    input: &Input<'_, '_>,
+    member: &str,
+) -> Result<u32, KinesisError> {
+    let text = input.required_str(member)?;
+    parse_shard_id(text)
+        .filter(|&index| stream.shard(index).is_some())
+        .ok_or_else(|| shard_not_found(core, &stream.name, text))
+}
+
+/// Sends a reshard to the controller, with the AWS messages for what it rejects.
+async fn reshard(
+    core: &Rc<Core>,
+    name: &str,
+    change: catalog::Reshard,
+) -> Result<(), KinesisError> {
+    control(
+        core,
+        ControlRequest::Reshard {
+            name: name.to_string(),
+            change,
+        },
+    )
+    .await
+    .map_err(|error| match error.kind {
+        "InvalidArgumentException" if error.message.contains("already been merged or split") => {
+            KinesisError::invalid_argument(format!(
+                "{} in stream {name} under account {}",
+                error.message, core.config.account_id
+            ))
+        }
+        _ => error,
+    })
+}
+
+async fn split_shard(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let key = parse_new_starting_hash(input.required_str("NewStartingHashKey")?)?;
+    let snapshot = find_stream(core, name)?;
+    let Some(stream) = snapshot.stream(name) else {
+        return Err(not_found(core, name));
+    };
+    let shard = shard_arg(core, stream, input, "ShardToSplit")?;
+    let change = catalog::Reshard::Split {
+        shard,
+        new_starting_hash: key,
+    };
+    reshard(core, name, change).await?;
+    Ok(Vec::new())
+}
+
+async fn merge_shards(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let snapshot = find_stream(core, name)?;
+    let Some(stream) = snapshot.stream(name) else {
+        return Err(not_found(core, name));
+    };
+    let shard = shard_arg(core, stream, input, "ShardToMerge")?;
+    let adjacent = shard_arg(core, stream, input, "AdjacentShardToMerge")?;
+    reshard(core, name, catalog::Reshard::Merge { shard, adjacent }).await?;
+    Ok(Vec::new())
+}
+
+async fn update_shard_count(
+    core: &Rc<Core>,
+    input: &Input<'_, '_>,
+) -> Result<Vec<u8>, KinesisError> {
+    let name = stream_name(input)?;
+    let target = input.int("TargetShardCount")?.ok_or_else(|| {
+        KinesisError::validation(
+            "1 validation error detected: Value null at 'targetShardCount' failed to satisfy constraint: Member must not be null",
+        )
+    })?;
+    if target < 1 {
+        return Err(KinesisError::validation(format!(
+            "1 validation error detected: Value '{target}' at 'targetShardCount' failed to satisfy \
+             constraint: Member must have value greater than or equal to 1"
+        )));
+    }
+    match input.required_str("ScalingType")? {
+        "UNIFORM_SCALING" => {}
+        other => {
+            return Err(KinesisError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'scalingType' failed to satisfy constraint: \
+                 Member must satisfy enum value set: [UNIFORM_SCALING]"
+            )));
+        }
+    }
+    let snapshot = find_stream(core, name)?;
+    let current = snapshot.stream(name).map_or(0, |s| s.shards.len());
+    let target = u32::try_from(target).unwrap_or(u32::MAX);
+    reshard(core, name, catalog::Reshard::Scale { target }).await?;
+    let mut out = Out::with_capacity(256);
+    out.begin_object()
+        .str("StreamName", name)
+        .str("StreamARN", &stream_arn(core, name))
+        .int("CurrentShardCount", current as i64)
+        .int("TargetShardCount", i64::from(target))
+        .end_object();
     Ok(out.into_bytes())
 }
 
@@ -919,12 +1119,12 @@ async fn get_shard_iterator(
             )));
         }
     };
-    let request = CoreRequest::Resolve {
+    let request = || CoreRequest::Resolve {
         stream_id: stream.id,
         shard: shard.index,
         position,
     };
-    let seq = match core.call(usize::from(shard.owner_core), request).await {
+    let seq = match call_owner(core, stream.id, shard.index, request).await {
         CoreReply::Resolved(result) => result.map_err(from_wire)?,
         CoreReply::Control(Err(error)) => return Err(from_wire(error)),
         _ => {
@@ -967,7 +1167,7 @@ async fn get_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
     let shard = stream
         .shard(state.shard)
         .ok_or_else(|| shard_not_found(core, &stream.name, &shard_id(state.shard)))?;
-    let request = CoreRequest::Read {
+    let request = || CoreRequest::Read {
         stream_id: stream.id,
         shard: shard.index,
         position: StartPosition::AtSequence(state.seq),
@@ -975,7 +1175,7 @@ async fn get_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
         bytes_max: crate::limits::READ_BYTES_MAX as u32,
         wait_us: 0,
     };
-    let body: RecordsBody = match core.call(usize::from(shard.owner_core), request).await {
+    let body: RecordsBody = match call_owner(core, stream.id, shard.index, request).await {
         CoreReply::Read(result) => result.map_err(from_wire)?,
         CoreReply::Control(Err(error)) => return Err(from_wire(error)),
         _ => return Err(KinesisError::internal("Unexpected reply to a read")),
@@ -1003,9 +1203,33 @@ async fn get_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
             )
             .end_object();
     }
-    out.end_array()
-        .str("NextShardIterator", &next)
-        .int("MillisBehindLatest", body.millis_behind as i64)
-        .end_object();
+    out.end_array();
+    // A reader that has drained a closed shard gets no next iterator, and the shards
+    // that took over its hash range, as the signal to move on to them.
+    let ended = shard
+        .closed
+        .is_some_and(|end| body.next_seq.max(state.seq) >= end.end_seq);
+    if ended {
+        out.int("MillisBehindLatest", 0).array("ChildShards");
+        for child in stream.children_of(shard.index) {
+            out.begin_object()
+                .str("ShardId", &shard_id(child.index))
+                .array("ParentShards");
+            for parent in child.parent.iter().chain(&child.adjacent_parent) {
+                out.item_str(&shard_id(*parent));
+            }
+            out.end_array()
+                .object("HashKeyRange")
+                .str("StartingHashKey", &child.hash_start.to_string())
+                .str("EndingHashKey", &child.hash_end.to_string())
+                .end_object()
+                .end_object();
+        }
+        out.end_array();
+    } else {
+        out.str("NextShardIterator", &next)
+            .int("MillisBehindLatest", body.millis_behind as i64);
+    }
+    out.end_object();
     Ok(out.into_bytes())
 }
