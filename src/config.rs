@@ -41,6 +41,41 @@ pub struct Config {
     /// well-formed signature.
     pub auth_keys: Vec<AccessKey>,
     pub kinesis: KinesisConfig,
+    pub quota: QuotaConfig,
+}
+
+/// Per-shard throughput quotas, as Kinesis enforces them. Off by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// Whether puts and reads past these rates are refused with
+    /// ProvisionedThroughputExceededException.
+    pub enabled: bool,
+    /// Bytes of data and partition keys a shard takes in per second (Kinesis: 1 MiB).
+    pub write_bytes_per_s: u64,
+    /// Records a shard takes in per second (Kinesis: 1,000).
+    pub write_records_per_s: u64,
+    /// Bytes a shard returns to readers per second (Kinesis: 2 MiB).
+    pub read_bytes_per_s: u64,
+    /// GetRecords calls per shard per second, shared by every reader (Kinesis: 5).
+    pub read_calls_per_s: u64,
+    /// Whether ON_DEMAND streams split a shard by themselves when its writes stay above
+    /// `on_demand_split_percent` of the write quota for `on_demand_window_s` seconds.
+    pub on_demand_split_percent: u64,
+    pub on_demand_window_s: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> QuotaConfig {
+        QuotaConfig {
+            enabled: false,
+            write_bytes_per_s: 1024 * 1024,
+            write_records_per_s: 1000,
+            read_bytes_per_s: 2 * 1024 * 1024,
+            read_calls_per_s: 5,
+            on_demand_split_percent: 80,
+            on_demand_window_s: 10,
+        }
+    }
 }
 
 /// Behaviour of the Kinesis API that tests and emulations tune.
@@ -97,6 +132,7 @@ impl Default for Config {
             net: NetConfig::default(),
             auth_keys: Vec::new(),
             kinesis: KinesisConfig::default(),
+            quota: QuotaConfig::default(),
         }
     }
 }
@@ -127,6 +163,19 @@ struct FileConfig {
     net: Option<FileNet>,
     auth: Option<FileAuth>,
     kinesis: Option<FileKinesis>,
+    quota: Option<FileQuota>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuota {
+    enabled: Option<bool>,
+    write_bytes_per_second: Option<String>,
+    write_records_per_second: Option<u64>,
+    read_bytes_per_second: Option<String>,
+    read_calls_per_second: Option<u64>,
+    on_demand_split_percent: Option<u64>,
+    on_demand_window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +317,29 @@ impl Config {
             config.kinesis.stream_transition_ms =
                 parse_duration_us("kinesis.stream_transition", &v)? / 1000;
         }
+        let quota = file.quota.unwrap_or_default();
+        if let Some(v) = quota.enabled {
+            config.quota.enabled = v;
+        }
+        if let Some(v) = quota.write_bytes_per_second {
+            config.quota.write_bytes_per_s = parse_size("quota.write_bytes_per_second", &v)?;
+        }
+        if let Some(v) = quota.write_records_per_second {
+            config.quota.write_records_per_s = v;
+        }
+        if let Some(v) = quota.read_bytes_per_second {
+            config.quota.read_bytes_per_s = parse_size("quota.read_bytes_per_second", &v)?;
+        }
+        if let Some(v) = quota.read_calls_per_second {
+            config.quota.read_calls_per_s = v;
+        }
+        if let Some(v) = quota.on_demand_split_percent {
+            config.quota.on_demand_split_percent = v;
+        }
+        if let Some(v) = quota.on_demand_window {
+            config.quota.on_demand_window_s =
+                parse_duration_us("quota.on_demand_window", &v)? / 1_000_000;
+        }
         if let Some(keys) = file.auth.and_then(|a| a.keys) {
             config.auth_keys = keys;
         }
@@ -369,6 +441,20 @@ impl Config {
                 "kinesis.stream_transition",
                 "must be at most 600 s",
             ));
+        }
+        let quota = &self.quota;
+        if quota.write_bytes_per_s == 0
+            || quota.write_records_per_s == 0
+            || quota.read_bytes_per_s == 0
+            || quota.read_calls_per_s == 0
+        {
+            return Err(invalid("quota", "every rate must be above 0"));
+        }
+        if !(1..=100).contains(&quota.on_demand_split_percent) {
+            return Err(invalid("quota.on_demand_split_percent", "must be 1 to 100"));
+        }
+        if quota.on_demand_window_s == 0 {
+            return Err(invalid("quota.on_demand_window", "must be at least 1 s"));
         }
         if self.net.core_channel_messages == 0 {
             return Err(invalid("net.core_channel_messages", "must be above 0"));

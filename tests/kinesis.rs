@@ -73,6 +73,16 @@ fn splits_merges_and_scaling_keep_every_record_with_boto3() {
 }
 
 #[test]
+fn quotas_throttle_puts_and_reads_and_on_demand_streams_split_hot_shards() {
+    // Rates low enough that a slow client on a loaded machine still passes them quickly.
+    run_python_with_config(
+        "[quota]\nenabled = true\nwrite_records_per_second = 10\nread_calls_per_second = 1\n\
+         on_demand_split_percent = 1\non_demand_window = \"2 s\"\n",
+        "boto3_quota.py",
+    );
+}
+
+#[test]
 fn sigv4_is_verified_when_keys_are_configured() {
     run_python_with_config(
         "[auth]\nkeys = [{ access_key = \"AKIDSPATE\", secret = \"s3cr3t/key\" }]\n",

@@ -24,6 +24,12 @@ pub enum ControlRequest {
         name: String,
         shard_count: u32,
         tags: Vec<(String, String)>,
+        on_demand: bool,
+    },
+    /// UpdateStreamMode: ON_DEMAND streams split their hot shards by themselves.
+    SetMode {
+        name: String,
+        on_demand: bool,
     },
     DeleteStream {
         name: String,
@@ -151,12 +157,14 @@ impl Controller {
                 name,
                 shard_count,
                 tags,
+                on_demand,
             } => {
                 let retention = core.config.log.retention_hours;
                 next.create_stream(&name, shard_count, core.cores, retention, now_us())
                     .map_err(catalog_error)?;
                 let stream = next.stream_mut(&name).map_err(catalog_error)?;
                 stream.tags.extend(tags);
+                stream.on_demand = on_demand;
                 if transition_ms > 0 {
                     stream.status = StreamStatus::Creating;
                     later(core, transition_ms, ControlRequest::FinishCreate { name });
@@ -200,6 +208,10 @@ impl Controller {
                 for key in keys {
                     stream.tags.remove(&key);
                 }
+                Vec::new()
+            }
+            ControlRequest::SetMode { name, on_demand } => {
+                next.stream_mut(&name).map_err(catalog_error)?.on_demand = on_demand;
                 Vec::new()
             }
             ControlRequest::Reshard { .. }
@@ -469,6 +481,40 @@ impl Controller {
         self.publish_first(core, first)
             .await
             .map_err(|m| WireError::new(Status::StorageFailed, m))
+    }
+
+    /// Splits, at the middle of its range, each shard of an ON_DEMAND stream that a core
+    /// reports hot (writes above the threshold for the whole window), as the real service
+    /// adds capacity by itself.
+    pub async fn split_hot_shards(&self, core: &Rc<Core>) {
+        let calls = (0..core.cores).map(|target| core.call(target, CoreRequest::HotShards));
+        let mut hot = Vec::new();
+        for reply in join_all(calls).await {
+            if let CoreReply::Hot(list) = reply {
+                hot.extend(list);
+            }
+        }
+        for (stream_id, shard) in hot {
+            let split = {
+                let catalog = self.catalog.borrow();
+                catalog
+                    .streams
+                    .values()
+                    .find(|s| s.id == stream_id && s.on_demand && s.status == StreamStatus::Active)
+                    .and_then(|s| s.open_shard(shard).map(|m| (s.name.clone(), m.clone())))
+            };
+            let Some((name, meta)) = split else { continue };
+            let key = meta.hash_start + (meta.hash_end - meta.hash_start) / 2 + 1;
+            let change = Reshard::Split {
+                shard,
+                new_starting_hash: key,
+            };
+            tracing::info!(stream = %name, shard, "on-demand: splitting a hot shard");
+            let request = CoreRequest::Control(ControlRequest::Reshard { name, change });
+            if let CoreReply::Control(Err(error)) = core.call(0, request).await {
+                tracing::warn!(%error, "on-demand split failed");
+            }
+        }
     }
 
     /// Schedules the reshards a restart interrupted.

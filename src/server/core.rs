@@ -22,6 +22,7 @@ use crate::metrics::{CoreMetrics, Op as Measured, Recorder};
 use crate::protocol::binary::{RecordsBody, Response, Status, WireError};
 use crate::protocol::kinesis::iterator::IteratorKey;
 use crate::server::controller::{ControlRequest, Controller};
+use crate::server::quota::ShardUsage;
 
 /// Deepest JSON nesting a Kinesis request may have; Kinesis bodies nest three levels.
 pub const JSON_DEPTH_MAX: usize = 32;
@@ -76,6 +77,9 @@ pub enum CoreRequest {
     },
     /// Open fenced shards to appends again (a reshard that could not finish).
     Unfence { stream_id: u64, shards: Vec<u32> },
+    /// Shards of the target whose writes stayed above the on-demand threshold for the
+    /// configured window; their heat is reset as they are reported.
+    HotShards,
     /// The target's measurements.
     Metrics,
     /// A catalog change, for the controller (core 0).
@@ -127,6 +131,8 @@ pub enum CoreReply {
     Applied(Result<(), String>),
     /// Where each fenced shard ends: (shard, one past its last sequence number).
     Fenced(Result<Vec<(u32, u64)>, WireError>),
+    /// (stream id, shard) of hot shards.
+    Hot(Vec<(u64, u32)>),
 }
 
 /// A core of the server.
@@ -157,6 +163,8 @@ pub struct Core {
     catalog_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     /// Serialises the adoption of catalogs.
     snapshot_turn: glommio::sync::Semaphore,
+    /// Quota buckets and write heat of the shards this core owns.
+    usage: RefCell<HashMap<(u64, u32), ShardUsage>>,
 }
 
 impl Core {
@@ -185,6 +193,7 @@ impl Core {
             ready: RefCell::new(Some(Vec::new())),
             catalog_waiters: RefCell::new(Vec::new()),
             snapshot_turn: glommio::sync::Semaphore::new(1),
+            usage: RefCell::new(HashMap::new()),
             iterator_key: IteratorKey::new(iterator_key, iterator_ttl_ms),
             json_buffers: RefCell::new(simd_json::Buffers::with_max_depth(4096, JSON_DEPTH_MAX)),
             request_number: Cell::new(0),
@@ -388,7 +397,36 @@ impl Core {
                 }
                 CoreReply::Fenced(Ok(Vec::new()))
             }
+            CoreRequest::HotShards => {
+                let window = self.config.quota.on_demand_window_s;
+                let mut hot = Vec::new();
+                for (key, usage) in self.usage.borrow_mut().iter_mut() {
+                    if usage.hot_seconds >= window {
+                        usage.hot_seconds = 0;
+                        hot.push(*key);
+                    }
+                }
+                CoreReply::Hot(hot)
+            }
         }
+    }
+
+    /// The message Kinesis gives for a throttled shard.
+    fn throttled(&self, stream_id: u64, shard: u32) -> WireError {
+        let snapshot = self.snapshot();
+        let name = snapshot
+            .streams
+            .values()
+            .find(|s| s.id == stream_id)
+            .map_or("?", |s| s.name.as_str());
+        WireError::new(
+            Status::Throttled,
+            format!(
+                "Rate exceeded for shard {} in stream {name} under account {}.",
+                crate::catalog::shard_id(shard),
+                self.config.account_id
+            ),
+        )
     }
 
     /// Fences shards (see [`CoreRequest::Fence`]); on a failure, the ones fenced so far
@@ -442,14 +480,37 @@ impl Core {
         stream_id: u64,
         batches: Vec<(u32, Vec<RecordIn>)>,
     ) -> Vec<SubBatchOutcome> {
-        let appends = batches.iter().map(|(shard, records)| {
-            let log = self.shards.borrow().get(&(stream_id, *shard)).cloned();
-            async move {
-                let Some(log) = log else {
-                    return Err(not_owned(*shard));
-                };
-                let appended = log.append(records).await.map_err(append_error);
-                if appended.is_ok() {
+        let quota = &self.config.quota;
+        let now = crate::tools::now_us();
+        let heat_bytes = quota.write_bytes_per_s * quota.on_demand_split_percent / 100;
+        // How many records of each sub-batch the shard's write quota admits.
+        let admitted: Vec<usize> = batches
+            .iter()
+            .map(|(shard, records)| {
+                if !quota.enabled {
+                    return records.len();
+                }
+                let mut usage = self.usage.borrow_mut();
+                usage
+                    .entry((stream_id, *shard))
+                    .or_insert_with(|| ShardUsage::new(quota, now))
+                    .admit_writes(records, now)
+            })
+            .collect();
+        let appends = batches
+            .iter()
+            .zip(&admitted)
+            .map(|((shard, records), &take)| {
+                let log = self.shards.borrow().get(&(stream_id, *shard)).cloned();
+                async move {
+                    let Some(log) = log else {
+                        return Err(not_owned(*shard));
+                    };
+                    let records = records.get(..take).unwrap_or(records);
+                    if records.is_empty() {
+                        return Ok(None);
+                    }
+                    let appended = log.append(records).await.map_err(append_error)?;
                     let bytes: usize = records
                         .iter()
                         .map(|r| r.data.len() + r.partition_key.len())
@@ -458,22 +519,30 @@ impl Core {
                         c.records_in += records.len() as u64;
                         c.bytes_in += bytes as u64;
                     });
+                    self.usage
+                        .borrow_mut()
+                        .entry((stream_id, *shard))
+                        .or_insert_with(|| ShardUsage::new(quota, now))
+                        .note_written(bytes as u64, heat_bytes, now);
+                    Ok(Some(appended))
                 }
-                appended
-            }
-        });
+            });
         let results = join_all(appends).await;
         results
             .into_iter()
             .zip(batches)
-            .map(|(result, (_, records))| match result {
-                Ok(ack) => SubBatchOutcome {
-                    first_seq: ack.first_seq,
-                    appended: ack.records,
-                    error: None,
-                    returned: VecDeque::new(),
-                },
-                Err(error) => SubBatchOutcome::failed(error, records),
+            .zip(admitted)
+            .map(|((result, (shard, records)), take)| {
+                let throttled = (take < records.len()).then(|| self.throttled(stream_id, shard));
+                match result {
+                    Ok(ack) => SubBatchOutcome {
+                        first_seq: ack.map_or(0, |a| a.first_seq),
+                        appended: ack.map_or(0, |a| a.records),
+                        error: throttled,
+                        returned: VecDeque::new(),
+                    },
+                    Err(error) => SubBatchOutcome::failed(error, records),
+                }
             })
             .collect()
     }
@@ -493,6 +562,19 @@ impl Core {
             .get(&(stream_id, shard))
             .cloned()
             .ok_or_else(|| not_owned(shard))?;
+        let quota = &self.config.quota;
+        if quota.enabled {
+            let now = crate::tools::now_us();
+            let admitted = self
+                .usage
+                .borrow_mut()
+                .entry((stream_id, shard))
+                .or_insert_with(|| ShardUsage::new(quota, now))
+                .admit_read(now);
+            if !admitted {
+                return Err(self.throttled(stream_id, shard));
+            }
+        }
         let from = log.resolve(position).await.map_err(read_error)?;
         let wait = Duration::from_micros(wait_us.min(READ_WAIT_US_MAX));
         if !wait.is_zero() {
@@ -503,6 +585,11 @@ impl Core {
             .await
             .map_err(read_error)?;
         let bytes: usize = out.records.iter().map(|r| r.data.len()).sum();
+        if quota.enabled
+            && let Some(usage) = self.usage.borrow_mut().get_mut(&(stream_id, shard))
+        {
+            usage.charge_read(bytes);
+        }
         self.metrics.count(|c| {
             c.records_out += out.records.len() as u64;
             c.bytes_out += bytes as u64;
@@ -565,6 +652,7 @@ impl Core {
             .copied()
             .collect();
         for key in stale {
+            self.usage.borrow_mut().remove(&key);
             let log = self.shards.borrow_mut().remove(&key);
             if let Some(log) = log {
                 log.close().await;

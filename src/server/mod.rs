@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod core;
+pub mod quota;
 pub mod requests;
 
 use std::cell::Cell;
@@ -184,6 +185,16 @@ async fn run_core(
         controller.publish(&core, Vec::new()).await?;
         tracing::info!("catalog loaded; every shard is open");
         controller.resume(&core);
+        let scaler = core.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+                if let Some(controller) = &scaler.controller {
+                    controller.split_hot_shards(&scaler).await;
+                }
+            }
+        })
+        .detach();
         let expiry_core = core.clone();
         glommio::spawn_local(async move {
             loop {

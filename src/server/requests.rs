@@ -57,6 +57,7 @@ pub async fn handle(core: &Rc<Core>, request: Request) -> Result<Response, WireE
                     name: stream,
                     shard_count,
                     tags: Vec::new(),
+                    on_demand: false,
                 },
             )
             .await

@@ -93,6 +93,7 @@ pub async fn dispatch(
         "SplitShard" => split_shard(core, input).await,
         "MergeShards" => merge_shards(core, input).await,
         "UpdateShardCount" => update_shard_count(core, input).await,
+        "UpdateStreamMode" => update_stream_mode(core, input).await,
         known if MODEL_OPERATIONS.contains(&known) => Err(KinesisError::unknown_operation(
             format!("spate does not implement {known} yet"),
         )),
@@ -226,6 +227,7 @@ async fn create_stream(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>
             name: name.to_string(),
             shard_count,
             tags,
+            on_demand,
         },
     )
     .await?;
@@ -676,6 +678,43 @@ async fn update_shard_count(
     Ok(out.into_bytes())
 }
 
+async fn update_stream_mode(
+    core: &Rc<Core>,
+    input: &Input<'_, '_>,
+) -> Result<Vec<u8>, KinesisError> {
+    if input.str("StreamARN")?.is_none() {
+        return Err(KinesisError::validation(
+            "1 validation error detected: Value null at 'streamARN' failed to satisfy constraint: Member must not be null",
+        ));
+    }
+    let name = stream_name(input)?;
+    let mode = input.object("StreamModeDetails")?.ok_or_else(|| {
+        KinesisError::validation(
+            "1 validation error detected: Value null at 'streamModeDetails' failed to satisfy constraint: Member must not be null",
+        )
+    })?;
+    let on_demand = match mode.required_str("StreamMode")? {
+        "ON_DEMAND" => true,
+        "PROVISIONED" => false,
+        other => {
+            return Err(KinesisError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'streamModeDetails.streamMode' \
+                 failed to satisfy constraint: Member must satisfy enum value set: [ON_DEMAND, PROVISIONED]"
+            )));
+        }
+    };
+    find_stream(core, name)?;
+    control(
+        core,
+        ControlRequest::SetMode {
+            name: name.to_string(),
+            on_demand,
+        },
+    )
+    .await?;
+    Ok(Vec::new())
+}
+
 fn describe_limits(core: &Rc<Core>) -> Result<Vec<u8>, KinesisError> {
     let open: usize = core
         .snapshot()
@@ -687,7 +726,14 @@ fn describe_limits(core: &Rc<Core>) -> Result<Vec<u8>, KinesisError> {
     out.begin_object()
         .int("ShardLimit", i64::from(SHARDS_MAX))
         .int("OpenShardCount", open as i64)
-        .int("OnDemandStreamCount", 0)
+        .int(
+            "OnDemandStreamCount",
+            core.snapshot()
+                .streams
+                .values()
+                .filter(|s| s.on_demand)
+                .count() as i64,
+        )
         .int("OnDemandStreamCountLimit", 50)
         .end_object();
     Ok(out.into_bytes())
@@ -1026,6 +1072,10 @@ async fn put_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
             Ok((shard, seq)) => {
                 out.str("SequenceNumber", &sequence::render(shard, seq))
                     .str("ShardId", &shard_id(shard));
+            }
+            Err(error) if error.status == Status::Throttled => {
+                out.str("ErrorCode", "ProvisionedThroughputExceededException")
+                    .str("ErrorMessage", &error.message);
             }
             Err(_) => {
                 out.str("ErrorCode", "InternalFailure")
