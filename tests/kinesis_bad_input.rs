@@ -171,9 +171,30 @@ fn malformed_bodies_get_aws_shaped_4xx_errors() {
             "UnknownOperationException",
         ),
         (
-            kinesis("SplitShard", b"{}"),
+            kinesis("StartStreamEncryption", b"{}"),
             400,
             "UnknownOperationException",
+        ),
+        (
+            kinesis("SplitShard", b"{}"),
+            400,
+            "InvalidArgumentException",
+        ),
+        (
+            kinesis(
+                "SplitShard",
+                br#"{"StreamName":"s","ShardToSplit":"shardId-000000000000","NewStartingHashKey":-1}"#,
+            ),
+            400,
+            "SerializationException",
+        ),
+        (
+            kinesis(
+                "UpdateShardCount",
+                br#"{"StreamName":"s","TargetShardCount":"two","ScalingType":"UNIFORM_SCALING"}"#,
+            ),
+            400,
+            "SerializationException",
         ),
     ];
     for (raw, status, kind) in &cases {
