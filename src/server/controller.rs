@@ -619,12 +619,7 @@ async fn fence(
     shards: &[u32],
     release: bool,
 ) -> Result<BTreeMap<u32, u64>, WireError> {
-    let mut by_core: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
-    for &index in shards {
-        if let Some(meta) = stream.shard(index) {
-            by_core.entry(meta.owner_core).or_default().push(index);
-        }
-    }
+    let by_core = by_owner(stream, shards);
     let calls = by_core.iter().map(|(&owner, list)| {
         core.call(
             usize::from(owner),
@@ -661,13 +656,19 @@ async fn fence(
     Ok(ends)
 }
 
-async fn unfence(core: &Rc<Core>, stream: &StreamMeta, shards: &[u32]) {
+/// `shards` grouped by their owner core.
+fn by_owner(stream: &StreamMeta, shards: &[u32]) -> BTreeMap<u16, Vec<u32>> {
     let mut by_core: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
     for &index in shards {
         if let Some(meta) = stream.shard(index) {
             by_core.entry(meta.owner_core).or_default().push(index);
         }
     }
+    by_core
+}
+
+async fn unfence(core: &Rc<Core>, stream: &StreamMeta, shards: &[u32]) {
+    let by_core = by_owner(stream, shards);
     let calls = by_core.into_iter().map(|(owner, list)| {
         core.call(
             usize::from(owner),

@@ -557,21 +557,23 @@ fn shard_filter(filter: &Input<'_, '_>) -> Result<ShardFilter, KinesisError> {
 
 // ---- resharding ----
 
-/// Checks the hash key text of SplitShard.
-fn parse_new_starting_hash(text: &str) -> Result<u128, KinesisError> {
+/// A hash key as Kinesis writes it: decimal, no leading zeros, at most 2^128 - 1.
+fn decimal_hash_key(text: &str) -> Option<u128> {
     let valid = !text.is_empty()
         && text.len() <= 39
         && text.bytes().all(|b| b.is_ascii_digit())
         && (text == "0" || !text.starts_with('0'));
-    valid
-        .then(|| text.parse::<u128>().ok())
-        .flatten()
-        .ok_or_else(|| {
-            KinesisError::validation(format!(
-                "1 validation error detected: Value '{text}' at 'newStartingHashKey' failed to satisfy constraint: \
-                 Member must satisfy regular expression pattern: 0|([1-9]\\d{{0,38}})"
-            ))
-        })
+    valid.then(|| text.parse::<u128>().ok()).flatten()
+}
+
+/// Checks the hash key text of SplitShard.
+fn parse_new_starting_hash(text: &str) -> Result<u128, KinesisError> {
+    decimal_hash_key(text).ok_or_else(|| {
+        KinesisError::validation(format!(
+            "1 validation error detected: Value '{text}' at 'newStartingHashKey' failed to satisfy constraint: \
+             Member must satisfy regular expression pattern: 0|([1-9]\\d{{0,38}})"
+        ))
+    })
 }
 
 fn shard_arg(
@@ -913,18 +915,11 @@ struct Decoded {
 }
 
 fn parse_hash_key(text: &str) -> Result<u128, KinesisError> {
-    let valid = !text.is_empty()
-        && text.len() <= 39
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text == "0" || !text.starts_with('0'));
-    valid
-        .then(|| text.parse::<u128>().ok())
-        .flatten()
-        .ok_or_else(|| {
-            KinesisError::invalid_argument(format!(
-                "Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, 2^128-1]. Specified value was {text}"
-            ))
-        })
+    decimal_hash_key(text).ok_or_else(|| {
+        KinesisError::invalid_argument(format!(
+            "Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, 2^128-1]. Specified value was {text}"
+        ))
+    })
 }
 
 /// Checks and decodes put records into one buffer: keys and payloads become slices of it.
