@@ -86,6 +86,9 @@ pub struct KinesisConfig {
     /// How long a stream stays CREATING or DELETING before it is ACTIVE or gone, in
     /// milliseconds. 0 (the default) makes both immediate.
     pub stream_transition_ms: u64,
+    /// How long a SubscribeToShard subscription lives, in milliseconds (Kinesis: 5
+    /// minutes).
+    pub subscription_lifetime_ms: u64,
 }
 
 impl Default for KinesisConfig {
@@ -93,6 +96,7 @@ impl Default for KinesisConfig {
         KinesisConfig {
             iterator_ttl_ms: limits::ITERATOR_TTL_MS,
             stream_transition_ms: 0,
+            subscription_lifetime_ms: limits::SUBSCRIPTION_LIFETIME_MS,
         }
     }
 }
@@ -183,6 +187,7 @@ struct FileQuota {
 struct FileKinesis {
     iterator_ttl: Option<String>,
     stream_transition: Option<String>,
+    subscription_lifetime: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -317,6 +322,10 @@ impl Config {
             config.kinesis.stream_transition_ms =
                 parse_duration_us("kinesis.stream_transition", &v)? / 1000;
         }
+        if let Some(v) = kinesis.subscription_lifetime {
+            config.kinesis.subscription_lifetime_ms =
+                parse_duration_us("kinesis.subscription_lifetime", &v)? / 1000;
+        }
         let quota = file.quota.unwrap_or_default();
         if let Some(v) = quota.enabled {
             config.quota.enabled = v;
@@ -441,6 +450,9 @@ impl Config {
                 "kinesis.stream_transition",
                 "must be at most 600 s",
             ));
+        }
+        if self.kinesis.subscription_lifetime_ms == 0 {
+            return Err(invalid("kinesis.subscription_lifetime", "must be above 0"));
         }
         let quota = &self.quota;
         if quota.write_bytes_per_s == 0

@@ -147,3 +147,18 @@ pub const SCALINGS_PER_DAY_MAX: usize = 10;
 /// How long a put or read waits for the next catalog when its shard is closing or moving
 /// to another core, before it fails (our own bound; a reshard takes milliseconds).
 pub const RESHARD_WAIT_US_MAX: u64 = 5_000_000;
+
+/// Registered (enhanced fan-out) consumers per stream (Kinesis quota).
+pub const STREAM_CONSUMERS_MAX: usize = 20;
+
+/// How long a SubscribeToShard subscription lives before the client must subscribe again
+/// from its continuation point (Kinesis: 5 minutes).
+pub const SUBSCRIPTION_LIFETIME_MS: u64 = 300_000;
+
+/// How long a new subscription for the same consumer and shard is refused while another
+/// is active (Kinesis: 5 s); after it, the new one takes over.
+pub const SUBSCRIPTION_TAKEOVER_MS: u64 = 5_000;
+
+/// Events a subscription may have queued for a slow client before it stops reading the
+/// shard and waits (our own bound: a slow subscriber holds at most this many batches).
+pub const SUBSCRIPTION_EVENTS_QUEUED_MAX: usize = 4;

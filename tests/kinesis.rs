@@ -83,6 +83,14 @@ fn quotas_throttle_puts_and_reads_and_on_demand_streams_split_hot_shards() {
 }
 
 #[test]
+fn enhanced_fan_out_streams_records_to_boto3_subscribers() {
+    run_python_with_config(
+        "[kinesis]\nsubscription_lifetime = \"3 s\"\n",
+        "boto3_fanout.py",
+    );
+}
+
+#[test]
 fn sigv4_is_verified_when_keys_are_configured() {
     run_python_with_config(
         "[auth]\nkeys = [{ access_key = \"AKIDSPATE\", secret = \"s3cr3t/key\" }]\n",
@@ -115,6 +123,6 @@ fn the_javascript_sdk_v3_works_over_http2() {
         output.status.success(),
         "JavaScript SDK tests failed:\n{report}"
     );
-    assert!(report.contains("3 passed, 0 failed"), "{report}");
+    assert!(report.contains("4 passed, 0 failed"), "{report}");
     server.stop();
 }

@@ -184,6 +184,46 @@ pub struct StreamMeta {
     /// When UpdateShardCount was accepted, unix microseconds, for the daily quota.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scalings_us: Vec<u64>,
+    /// Registered (enhanced fan-out) consumers, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumers: BTreeMap<String, ConsumerMeta>,
+}
+
+/// A registered consumer of a stream (RegisterStreamConsumer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerMeta {
+    pub name: String,
+    /// When it was registered, unix microseconds; its ARN carries the seconds.
+    pub created_us: u64,
+    pub status: ConsumerStatus,
+}
+
+impl ConsumerMeta {
+    /// The seconds in the consumer's ARN.
+    pub fn created_s(&self) -> u64 {
+        self.created_us / 1_000_000
+    }
+}
+
+/// Lifecycle of a consumer, as Kinesis names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsumerStatus {
+    #[serde(rename = "CREATING")]
+    Creating,
+    #[serde(rename = "ACTIVE")]
+    Active,
+    #[serde(rename = "DELETING")]
+    Deleting,
+}
+
+impl ConsumerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerStatus::Creating => "CREATING",
+            ConsumerStatus::Active => "ACTIVE",
+            ConsumerStatus::Deleting => "DELETING",
+        }
+    }
 }
 
 /// A change of a stream's shards.
@@ -574,6 +614,7 @@ impl Catalog {
             on_demand: false,
             pending: None,
             scalings_us: Vec::new(),
+            consumers: BTreeMap::new(),
         };
         self.next_stream_id += 1;
         self.epoch += 1;

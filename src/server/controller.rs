@@ -12,9 +12,10 @@ use glommio::sync::Semaphore;
 use std::collections::BTreeMap;
 
 use crate::catalog::{
-    Catalog, CatalogError, Reshard, ReshardStep, ShardMeta, StreamMeta, StreamStatus,
+    Catalog, CatalogError, ConsumerMeta, ConsumerStatus, Reshard, ReshardStep, ShardMeta,
+    StreamMeta, StreamStatus,
 };
-use crate::limits::{SCALINGS_PER_DAY_MAX, SHARDS_MAX, STREAM_SHARDS_MAX};
+use crate::limits::{SCALINGS_PER_DAY_MAX, SHARDS_MAX, STREAM_CONSUMERS_MAX, STREAM_SHARDS_MAX};
 use crate::protocol::binary::{Response, Status, WireError};
 use crate::server::core::{Core, CoreReply, CoreRequest};
 
@@ -66,6 +67,21 @@ pub enum ControlRequest {
     },
     /// Forgets closed shards whose data is past retention and deletes their files.
     ExpireClosed,
+    /// RegisterStreamConsumer.
+    RegisterConsumer {
+        name: String,
+        consumer: String,
+    },
+    /// DeregisterStreamConsumer.
+    DeregisterConsumer {
+        name: String,
+        consumer: String,
+    },
+    /// Ends a consumer's CREATING (ACTIVE) or DELETING (gone) period.
+    FinishConsumer {
+        name: String,
+        consumer: String,
+    },
 }
 
 pub struct Controller {
@@ -207,6 +223,81 @@ impl Controller {
                 let stream = next.stream_mut(&name).map_err(catalog_error)?;
                 for key in keys {
                     stream.tags.remove(&key);
+                }
+                Vec::new()
+            }
+            ControlRequest::RegisterConsumer { name, consumer } => {
+                let stream = next.stream_mut(&name).map_err(catalog_error)?;
+                if stream.consumers.contains_key(&consumer) {
+                    return Err(WireError::new(
+                        Status::ResourceInUse,
+                        format!(
+                            "Consumer {consumer} under stream {name} under account {} already exists.",
+                            core.config.account_id
+                        ),
+                    ));
+                }
+                if stream.consumers.len() >= STREAM_CONSUMERS_MAX {
+                    return Err(WireError::new(
+                        Status::ResourceLimit,
+                        format!(
+                            "Stream {name} already has {STREAM_CONSUMERS_MAX} registered consumers, the most it may have"
+                        ),
+                    ));
+                }
+                let status = if transition_ms > 0 {
+                    later(
+                        core,
+                        transition_ms,
+                        ControlRequest::FinishConsumer {
+                            name: name.clone(),
+                            consumer: consumer.clone(),
+                        },
+                    );
+                    ConsumerStatus::Creating
+                } else {
+                    ConsumerStatus::Active
+                };
+                let meta = ConsumerMeta {
+                    name: consumer.clone(),
+                    created_us: now_us(),
+                    status,
+                };
+                stream.consumers.insert(consumer, meta);
+                Vec::new()
+            }
+            ControlRequest::DeregisterConsumer { name, consumer } => {
+                let stream = next.stream_mut(&name).map_err(catalog_error)?;
+                let Some(meta) = stream.consumers.get_mut(&consumer) else {
+                    return Err(consumer_not_found(&name, &consumer));
+                };
+                if transition_ms > 0 {
+                    meta.status = ConsumerStatus::Deleting;
+                    later(
+                        core,
+                        transition_ms,
+                        ControlRequest::FinishConsumer {
+                            name: name.clone(),
+                            consumer,
+                        },
+                    );
+                } else {
+                    stream.consumers.remove(&consumer);
+                }
+                Vec::new()
+            }
+            ControlRequest::FinishConsumer { name, consumer } => {
+                let stream = next.stream_mut(&name).map_err(catalog_error)?;
+                match stream.consumers.get(&consumer).map(|c| c.status) {
+                    Some(ConsumerStatus::Deleting) => {
+                        stream.consumers.remove(&consumer);
+                    }
+                    Some(_) => {
+                        if let Some(meta) = stream.consumers.get_mut(&consumer) {
+                            meta.status = ConsumerStatus::Active;
+                        }
+                    }
+                    None => {}
                 }
                 Vec::new()
             }
@@ -739,6 +830,13 @@ pub fn remove_orphans(catalog: &Catalog, data_dir: &std::path::Path) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+fn consumer_not_found(stream: &str, consumer: &str) -> WireError {
+    WireError::new(
+        Status::StreamNotFound,
+        format!("Consumer {consumer} under stream {stream} not found."),
+    )
 }
 
 /// Maps catalog errors to the wire.

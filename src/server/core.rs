@@ -58,6 +58,23 @@ pub enum CoreRequest {
         limit: u32,
         bytes_max: u32,
         wait_us: u64,
+        /// For a SubscribeToShard subscription: (consumer ARN, generation). The read is
+        /// refused when a newer subscription for the same consumer and shard took over.
+        subscription: Option<(String, u64)>,
+    },
+    /// Registers a SubscribeToShard subscription for (consumer ARN, shard) on the shard's
+    /// owner; answers its generation, or ResourceInUse while another one is young.
+    Subscribe {
+        stream_id: u64,
+        shard: u32,
+        consumer: String,
+    },
+    /// A subscription ended; forget it unless a newer one took over.
+    Unsubscribe {
+        stream_id: u64,
+        shard: u32,
+        consumer: String,
+        generation: u64,
     },
     /// The sequence number a start position stands for, on a shard the target owns.
     Resolve {
@@ -90,6 +107,9 @@ pub enum CoreRequest {
         deleted: Vec<StreamMeta>,
     },
 }
+
+/// A SubscribeToShard subscription's identity: (stream id, shard, consumer ARN).
+type SubscriptionKey = (u64, u32, String);
 
 /// What became of one sub-batch of an append.
 pub struct SubBatchOutcome {
@@ -133,6 +153,8 @@ pub enum CoreReply {
     Fenced(Result<Vec<(u32, u64)>, WireError>),
     /// (stream id, shard) of hot shards.
     Hot(Vec<(u64, u32)>),
+    /// A subscription's generation.
+    Subscribed(Result<u64, WireError>),
 }
 
 /// A core of the server.
@@ -165,6 +187,10 @@ pub struct Core {
     snapshot_turn: glommio::sync::Semaphore,
     /// Quota buckets and write heat of the shards this core owns.
     usage: RefCell<HashMap<(u64, u32), ShardUsage>>,
+    /// Live SubscribeToShard subscriptions of shards this core owns: (stream id, shard,
+    /// consumer ARN) → (started, unix µs; generation).
+    subscriptions: RefCell<HashMap<SubscriptionKey, (u64, u64)>>,
+    next_generation: Cell<u64>,
 }
 
 impl Core {
@@ -194,6 +220,8 @@ impl Core {
             catalog_waiters: RefCell::new(Vec::new()),
             snapshot_turn: glommio::sync::Semaphore::new(1),
             usage: RefCell::new(HashMap::new()),
+            subscriptions: RefCell::new(HashMap::new()),
+            next_generation: Cell::new(1),
             iterator_key: IteratorKey::new(iterator_key, iterator_ttl_ms),
             json_buffers: RefCell::new(simd_json::Buffers::with_max_depth(4096, JSON_DEPTH_MAX)),
             request_number: Cell::new(0),
@@ -344,11 +372,40 @@ impl Core {
                 limit,
                 bytes_max,
                 wait_us,
+                subscription,
             } => {
+                if let Some((consumer, generation)) = subscription {
+                    let key = (stream_id, shard, consumer);
+                    let current = self.subscriptions.borrow().get(&key).map(|e| e.1);
+                    if current != Some(generation) {
+                        return CoreReply::Read(Err(WireError::new(
+                            Status::ResourceInUse,
+                            "a newer subscription for this consumer and shard took over",
+                        )));
+                    }
+                }
                 let read = self
                     .read_local(stream_id, shard, position, limit, bytes_max, wait_us)
                     .await;
                 CoreReply::Read(read)
+            }
+            CoreRequest::Subscribe {
+                stream_id,
+                shard,
+                consumer,
+            } => CoreReply::Subscribed(self.subscribe(stream_id, shard, consumer)),
+            CoreRequest::Unsubscribe {
+                stream_id,
+                shard,
+                consumer,
+                generation,
+            } => {
+                let key = (stream_id, shard, consumer);
+                let mut subscriptions = self.subscriptions.borrow_mut();
+                if subscriptions.get(&key).is_some_and(|e| e.1 == generation) {
+                    subscriptions.remove(&key);
+                }
+                CoreReply::Subscribed(Ok(generation))
             }
             CoreRequest::Resolve {
                 stream_id,
@@ -409,6 +466,31 @@ impl Core {
                 CoreReply::Hot(hot)
             }
         }
+    }
+
+    fn subscribe(&self, stream_id: u64, shard: u32, consumer: String) -> Result<u64, WireError> {
+        if !self.shards.borrow().contains_key(&(stream_id, shard)) {
+            return Err(not_owned(shard));
+        }
+        let now = crate::tools::now_us();
+        let key = (stream_id, shard, consumer);
+        let mut subscriptions = self.subscriptions.borrow_mut();
+        if let Some((started, _)) = subscriptions.get(&key)
+            && now.saturating_sub(*started) < crate::limits::SUBSCRIPTION_TAKEOVER_MS * 1000
+        {
+            return Err(WireError::new(
+                Status::ResourceInUse,
+                format!(
+                    "Another active subscription exists for consumer {} on shard {}",
+                    key.2,
+                    crate::catalog::shard_id(shard)
+                ),
+            ));
+        }
+        let generation = self.next_generation.get();
+        self.next_generation.set(generation + 1);
+        subscriptions.insert(key, (now, generation));
+        Ok(generation)
     }
 
     /// The message Kinesis gives for a throttled shard.

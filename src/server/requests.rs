@@ -107,6 +107,7 @@ pub async fn read(
         limit: limit.clamp(1, READ_RECORDS_MAX as u32),
         bytes_max: bytes_max.clamp(1, READ_BYTES_MAX as u32),
         wait_us,
+        subscription: None,
     };
     match call_owner(core, stream_id, shard, request).await {
         CoreReply::Read(result) => result,

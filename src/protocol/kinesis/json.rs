@@ -59,6 +59,18 @@ impl<'a, 'v> Input<'a, 'v> {
         }
     }
 
+    /// # Errors
+    /// `SerializationException` when present but not a boolean.
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, KinesisError> {
+        match self.member(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| type_error(name, "boolean")),
+        }
+    }
+
     /// A timestamp in epoch seconds (integer or fraction), as microseconds.
     ///
     /// # Errors

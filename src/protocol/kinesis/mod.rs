@@ -9,15 +9,18 @@
 //! error naming the switch that makes those SDKs send JSON.
 
 pub mod auth;
+pub mod consumers;
 pub mod errors;
+pub mod eventstream;
 pub mod iterator;
 pub mod json;
 mod operations;
+mod subscribe;
 
 use std::rc::Rc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -29,15 +32,28 @@ use crate::server::core::Core;
 const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 const TARGET_PREFIX: &str = "Kinesis_20131202.";
 
+/// A response body: a whole JSON document, or the event stream of a SubscribeToShard.
+pub type Body = Either<Full<Bytes>, StreamBody<subscribe::Events>>;
+
+/// What an operation answers.
+enum Reply {
+    Json(Vec<u8>),
+    Events(subscribe::Events),
+}
+
+fn whole(bytes: Bytes) -> Body {
+    Either::Left(Full::new(bytes))
+}
+
 /// Serves one HTTP request.
-pub async fn handle(core: &Rc<Core>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(core: &Rc<Core>, request: Request<Incoming>) -> Response<Body> {
     let request_id = request_id(core);
     if request.method() == Method::GET && request.uri().path() == "/health" {
         return plain(StatusCode::OK, "ok\n", &request_id);
     }
     if request.method() == Method::GET && request.uri().path() == "/metrics" {
         let text = crate::metrics::render(&core.all_metrics().await);
-        let mut response = Response::new(Full::new(Bytes::from(text)));
+        let mut response = Response::new(whole(Bytes::from(text)));
         response.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -61,8 +77,18 @@ pub async fn handle(core: &Rc<Core>, request: Request<Incoming>) -> Response<Ful
         c.requests += 1;
         c.errors += u64::from(result.is_err());
     });
-    let (status, body) = match result {
-        Ok(body) => (StatusCode::OK, body),
+    let body = match result {
+        Ok(Reply::Json(body)) => body,
+        Ok(Reply::Events(events)) => {
+            let mut response = Response::new(Either::Right(StreamBody::new(events)));
+            let headers = response.headers_mut();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.amazon.eventstream"),
+            );
+            headers.insert("x-amzn-RequestId", header_value(&request_id));
+            return response;
+        }
         Err(error) => {
             let mut response = error_response(&error, &request_id);
             if error.status >= 500 {
@@ -74,15 +100,14 @@ pub async fn handle(core: &Rc<Core>, request: Request<Incoming>) -> Response<Ful
             return response;
         }
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
+    let mut response = Response::new(whole(Bytes::from(body)));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
     headers.insert("x-amzn-RequestId", header_value(&request_id));
     response
 }
 
-async fn serve(core: &Rc<Core>, request: Request<Incoming>) -> Result<Vec<u8>, KinesisError> {
+async fn serve(core: &Rc<Core>, request: Request<Incoming>) -> Result<Reply, KinesisError> {
     if request.method() != Method::POST {
         return Err(KinesisError::access_denied(
             "Kinesis API requests are POST / with an X-Amz-Target header",
@@ -140,10 +165,15 @@ async fn serve(core: &Rc<Core>, request: Request<Incoming>) -> Result<Vec<u8>, K
         .json_buffers(|buffers| simd_json::to_borrowed_value_with_buffers(&mut document, buffers))
         .map_err(|e| KinesisError::serialization(format!("Request body is not valid JSON: {e}")))?;
     let input = json::Input::new(&value)?;
-    operations::dispatch(core, &operation, &input).await
+    if operation == "SubscribeToShard" {
+        return subscribe::start(core, &input).await.map(Reply::Events);
+    }
+    operations::dispatch(core, &operation, &input)
+        .await
+        .map(Reply::Json)
 }
 
-fn error_response(error: &KinesisError, request_id: &str) -> Response<Full<Bytes>> {
+fn error_response(error: &KinesisError, request_id: &str) -> Response<Body> {
     let mut out = json::Out::with_capacity(64 + error.message.len());
     // SerializationException spells its message member with a capital M, as AWS does.
     let message_key = if error.kind == "SerializationException" {
@@ -155,7 +185,7 @@ fn error_response(error: &KinesisError, request_id: &str) -> Response<Full<Bytes
         .str("__type", error.kind)
         .str(message_key, &error.message)
         .end_object();
-    let mut response = Response::new(Full::new(Bytes::from(out.into_bytes())));
+    let mut response = Response::new(whole(Bytes::from(out.into_bytes())));
     *response.status_mut() =
         StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
@@ -165,8 +195,8 @@ fn error_response(error: &KinesisError, request_id: &str) -> Response<Full<Bytes
     response
 }
 
-fn plain(status: StatusCode, text: &'static str, request_id: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+fn plain(status: StatusCode, text: &'static str, request_id: &str) -> Response<Body> {
+    let mut response = Response::new(whole(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     response
         .headers_mut()

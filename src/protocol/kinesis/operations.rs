@@ -94,6 +94,10 @@ pub async fn dispatch(
         "MergeShards" => merge_shards(core, input).await,
         "UpdateShardCount" => update_shard_count(core, input).await,
         "UpdateStreamMode" => update_stream_mode(core, input).await,
+        "RegisterStreamConsumer" => super::consumers::register(core, input).await,
+        "DeregisterStreamConsumer" => super::consumers::deregister(core, input).await,
+        "DescribeStreamConsumer" => super::consumers::describe(core, input),
+        "ListStreamConsumers" => super::consumers::list(core, input),
         known if MODEL_OPERATIONS.contains(&known) => Err(KinesisError::unknown_operation(
             format!("spate does not implement {known} yet"),
         )),
@@ -105,14 +109,14 @@ pub async fn dispatch(
 
 // ---- streams, names and ARNs ----
 
-fn stream_arn(core: &Core, name: &str) -> String {
+pub(super) fn stream_arn(core: &Core, name: &str) -> String {
     format!(
         "arn:aws:kinesis:{}:{}:stream/{name}",
         core.config.region, core.config.account_id
     )
 }
 
-fn validate_name(name: &str, path: &str) -> Result<(), KinesisError> {
+pub(super) fn validate_name(name: &str, path: &str) -> Result<(), KinesisError> {
     if name.is_empty() || name.len() > STREAM_NAME_BYTES_MAX {
         return Err(KinesisError::validation(format!(
             "1 validation error detected: Value '{name}' at '{path}' failed to satisfy constraint: \
@@ -129,7 +133,7 @@ fn validate_name(name: &str, path: &str) -> Result<(), KinesisError> {
 }
 
 /// The stream a request names by `StreamName` or `StreamARN`.
-fn stream_name<'a>(input: &Input<'a, '_>) -> Result<&'a str, KinesisError> {
+pub(super) fn stream_name<'a>(input: &Input<'a, '_>) -> Result<&'a str, KinesisError> {
     if let Some(name) = input.str("StreamName")? {
         validate_name(name, "streamName")?;
         return Ok(name);
@@ -155,14 +159,14 @@ fn stream_name<'a>(input: &Input<'a, '_>) -> Result<&'a str, KinesisError> {
     ))
 }
 
-fn not_found(core: &Core, name: &str) -> KinesisError {
+pub(super) fn not_found(core: &Core, name: &str) -> KinesisError {
     KinesisError::not_found(format!(
         "Stream {name} under account {} not found.",
         core.config.account_id
     ))
 }
 
-fn find_stream(core: &Core, name: &str) -> Result<Rc<catalog::Catalog>, KinesisError> {
+pub(super) fn find_stream(core: &Core, name: &str) -> Result<Rc<catalog::Catalog>, KinesisError> {
     let snapshot = core.snapshot();
     if snapshot.stream(name).is_none() {
         return Err(not_found(core, name));
@@ -236,7 +240,15 @@ async fn create_stream(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>
 
 async fn delete_stream(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
     let name = stream_name(input)?;
-    find_stream(core, name)?;
+    let snapshot = find_stream(core, name)?;
+    let consumers = snapshot.stream(name).map_or(0, |s| s.consumers.len());
+    if consumers > 0 && input.bool("EnforceConsumerDeletion")? != Some(true) {
+        return Err(KinesisError::in_use(format!(
+            "Stream {name} under account {} has {consumers} registered consumer(s); deregister \
+             them or set EnforceConsumerDeletion",
+            core.config.account_id
+        )));
+    }
     control(
         core,
         ControlRequest::DeleteStream {
@@ -247,7 +259,7 @@ async fn delete_stream(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>
     Ok(Vec::new())
 }
 
-async fn control(core: &Rc<Core>, request: ControlRequest) -> Result<(), KinesisError> {
+pub(super) async fn control(core: &Rc<Core>, request: ControlRequest) -> Result<(), KinesisError> {
     match core.call(0, CoreRequest::Control(request)).await {
         CoreReply::Control(Ok(_)) => Ok(()),
         CoreReply::Control(Err(error)) => Err(from_wire(error)),
@@ -308,7 +320,12 @@ fn write_stream_common(out: &mut Out, core: &Core, stream: &StreamMeta) {
         .str("EncryptionType", "NONE");
 }
 
-fn limit(input: &Input<'_, '_>, name: &str, max: i64, default: i64) -> Result<usize, KinesisError> {
+pub(super) fn limit(
+    input: &Input<'_, '_>,
+    name: &str,
+    max: i64,
+    default: i64,
+) -> Result<usize, KinesisError> {
     match input.int(name)? {
         None => Ok(default as usize),
         Some(n) if (1..=max).contains(&n) => Ok(n as usize),
@@ -366,7 +383,7 @@ async fn describe_stream_summary(
     out.begin_object().object("StreamDescriptionSummary");
     write_stream_common(&mut out, core, stream);
     out.int("OpenShardCount", stream.shards.len() as i64)
-        .int("ConsumerCount", 0)
+        .int("ConsumerCount", stream.consumers.len() as i64)
         .end_object()
         .end_object();
     Ok(out.into_bytes())
@@ -413,11 +430,11 @@ fn list_streams(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, Kines
     Ok(out.into_bytes())
 }
 
-fn encode_token(text: &str) -> String {
+pub(super) fn encode_token(text: &str) -> String {
     base64_simd::URL_SAFE_NO_PAD.encode_to_string(text)
 }
 
-fn decode_token(token: &str) -> Result<String, KinesisError> {
+pub(super) fn decode_token(token: &str) -> Result<String, KinesisError> {
     base64_simd::URL_SAFE_NO_PAD
         .decode_to_vec(token)
         .ok()
@@ -1083,7 +1100,49 @@ async fn put_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
     Ok(out.into_bytes())
 }
 
-fn shard_not_found(core: &Core, stream: &str, shard: &str) -> KinesisError {
+/// Whether a reader at `next_seq` has read all of a closed shard.
+pub(super) fn shard_ended(shard: &catalog::ShardMeta, next_seq: u64) -> bool {
+    shard.closed.is_some_and(|end| next_seq >= end.end_seq)
+}
+
+/// `"Records": [...]` as GetRecords and SubscribeToShard events carry them.
+pub(super) fn write_records(out: &mut Out, shard: u32, records: &[crate::log::RecordOut]) {
+    out.array("Records");
+    for record in records {
+        out.begin_object()
+            .str("SequenceNumber", &sequence::render(shard, record.seq))
+            .timestamp("ApproximateArrivalTimestamp", record.arrival_us)
+            .base64("Data", &record.data)
+            .str(
+                "PartitionKey",
+                &String::from_utf8_lossy(&record.partition_key),
+            )
+            .end_object();
+    }
+    out.end_array();
+}
+
+/// `"ChildShards": [...]`: the shards that took over a closed shard's hash range.
+pub(super) fn write_child_shards(out: &mut Out, stream: &StreamMeta, shard: u32) {
+    out.array("ChildShards");
+    for child in stream.children_of(shard) {
+        out.begin_object()
+            .str("ShardId", &shard_id(child.index))
+            .array("ParentShards");
+        for parent in child.parent.iter().chain(&child.adjacent_parent) {
+            out.item_str(&shard_id(*parent));
+        }
+        out.end_array()
+            .object("HashKeyRange")
+            .str("StartingHashKey", &child.hash_start.to_string())
+            .str("EndingHashKey", &child.hash_end.to_string())
+            .end_object()
+            .end_object();
+    }
+    out.end_array();
+}
+
+pub(super) fn shard_not_found(core: &Core, stream: &str, shard: &str) -> KinesisError {
     KinesisError::not_found(format!(
         "Shard {shard} in stream {stream} under account {} does not exist",
         core.config.account_id
@@ -1219,6 +1278,7 @@ async fn get_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
         limit: count as u32,
         bytes_max: crate::limits::READ_BYTES_MAX as u32,
         wait_us: 0,
+        subscription: None,
     };
     let body: RecordsBody = match call_owner(core, stream.id, shard.index, request).await {
         CoreReply::Read(result) => result.map_err(from_wire)?,
@@ -1236,41 +1296,13 @@ async fn get_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
         .map(|r| r.data.len() * 4 / 3 + 200)
         .sum();
     let mut out = Out::with_capacity(256 + bytes);
-    out.begin_object().array("Records");
-    for record in &body.records {
-        out.begin_object()
-            .str("SequenceNumber", &sequence::render(shard.index, record.seq))
-            .timestamp("ApproximateArrivalTimestamp", record.arrival_us)
-            .base64("Data", &record.data)
-            .str(
-                "PartitionKey",
-                &String::from_utf8_lossy(&record.partition_key),
-            )
-            .end_object();
-    }
-    out.end_array();
+    out.begin_object();
+    write_records(&mut out, shard.index, &body.records);
     // A reader that has drained a closed shard gets no next iterator, and the shards
     // that took over its hash range, as the signal to move on to them.
-    let ended = shard
-        .closed
-        .is_some_and(|end| body.next_seq.max(state.seq) >= end.end_seq);
-    if ended {
-        out.int("MillisBehindLatest", 0).array("ChildShards");
-        for child in stream.children_of(shard.index) {
-            out.begin_object()
-                .str("ShardId", &shard_id(child.index))
-                .array("ParentShards");
-            for parent in child.parent.iter().chain(&child.adjacent_parent) {
-                out.item_str(&shard_id(*parent));
-            }
-            out.end_array()
-                .object("HashKeyRange")
-                .str("StartingHashKey", &child.hash_start.to_string())
-                .str("EndingHashKey", &child.hash_end.to_string())
-                .end_object()
-                .end_object();
-        }
-        out.end_array();
+    if shard_ended(shard, body.next_seq.max(state.seq)) {
+        out.int("MillisBehindLatest", 0);
+        write_child_shards(&mut out, stream, shard.index);
     } else {
         out.str("NextShardIterator", &next)
             .int("MillisBehindLatest", body.millis_behind as i64);

@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import {
   KinesisClient, CreateStreamCommand, DescribeStreamSummaryCommand, PutRecordCommand,
   PutRecordsCommand, GetShardIteratorCommand, GetRecordsCommand, ListShardsCommand,
-  DescribeStreamCommand,
+  DescribeStreamCommand, RegisterStreamConsumerCommand, DescribeStreamConsumerCommand,
+  SubscribeToShardCommand,
 } from "@aws-sdk/client-kinesis";
 
 const endpoint = process.argv[2];
@@ -65,6 +66,44 @@ try {
       kinesis.send(new DescribeStreamCommand({ StreamName: "missing" })),
       (error) => error.name === "ResourceNotFoundException" && error.$metadata.httpStatusCode === 400,
     );
+  });
+  await check("SubscribeToShard streams every record put during it, over HTTP/2", async () => {
+    const summary = await kinesis.send(new DescribeStreamSummaryCommand({ StreamName: "js" }));
+    const { Consumer } = await kinesis.send(new RegisterStreamConsumerCommand({
+      StreamARN: summary.StreamDescriptionSummary.StreamARN, ConsumerName: "js-fanout" }));
+    for (let i = 0; i < 100; i += 1) {
+      const { ConsumerDescription } = await kinesis.send(
+        new DescribeStreamConsumerCommand({ ConsumerARN: Consumer.ConsumerARN }));
+      if (ConsumerDescription.ConsumerStatus === "ACTIVE") break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    // The SDK sends GOAWAY once the response headers arrive; events must keep coming.
+    const abort = new AbortController();
+    const subscription = await kinesis.send(new SubscribeToShardCommand({
+      ConsumerARN: Consumer.ConsumerARN, ShardId: "shardId-000000000001",
+      StartingPosition: { Type: "LATEST" } }), { abortSignal: abort.signal });
+    const sent = Array.from({ length: 200 }, (_, i) => `fan-${i}-${"x".repeat(i)}`);
+    const producer = (async () => {
+      for (let batch = 0; batch < 4; batch += 1) {
+        const entries = sent.slice(batch * 50, batch * 50 + 50).map((text) => ({
+          Data: encode(text), PartitionKey: "fan", ExplicitHashKey: "340282366920938463463374607431768211455" }));
+        const put = await kinesis.send(new PutRecordsCommand({ StreamName: "js", Records: entries }));
+        assert.equal(put.FailedRecordCount, 0);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    })();
+    const received = [];
+    for await (const event of subscription.EventStream) {
+      if (event.SubscribeToShardEvent) {
+        for (const record of event.SubscribeToShardEvent.Records) received.push(decode(record.Data));
+        assert.ok(event.SubscribeToShardEvent.ContinuationSequenceNumber);
+      }
+      if (received.length >= sent.length) break;
+    }
+    // Done reading: end the subscription instead of waiting out its 5 minutes.
+    abort.abort();
+    await producer;
+    assert.deepEqual(received, sent);
   });
   console.log(`${passed} passed, 0 failed`);
   kinesis.destroy();
