@@ -43,6 +43,9 @@ enum Command {
     /// Create, list, describe or delete streams.
     #[command(subcommand)]
     Streams(StreamsCommand),
+    /// Run a worker of a consumer application, or show applications, leases and lag.
+    #[command(subcommand)]
+    Consumers(ConsumersCommand),
     /// Put records read from stdin (or a file), one record per line.
     Put {
         /// The stream to put into.
@@ -331,6 +334,49 @@ enum StreamsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ConsumersCommand {
+    /// Run one worker of an application: it takes leases on the stream's shards (shared
+    /// with the application's other workers), writes every record it processes as a line
+    /// (shard, sequence number, partition key, data, unix µs) and checkpoints after each
+    /// batch. Stops cleanly, checkpointing, on SIGINT or SIGTERM.
+    Run {
+        stream: String,
+        /// The application (consumer group); workers with the same name share the shards.
+        #[arg(long)]
+        app: String,
+        /// This worker's name, unique in the application (default: host and process id).
+        #[arg(long)]
+        worker: Option<String>,
+        /// A worker not heard from for this long loses its leases, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        lease_timeout_ms: u64,
+        /// Start shards with no checkpoint at the newest record instead of the oldest.
+        #[arg(long)]
+        latest: bool,
+        /// Append processed records to this file instead of stdout.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// The applications consuming a stream: shards, workers and lag.
+    List {
+        stream: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Per shard: application, lease owner, checkpoint, records and milliseconds behind.
+    Describe {
+        stream: String,
+        /// Only this application.
+        #[arg(long, default_value = "")]
+        app: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
 #[derive(clap::Args, Clone)]
 struct ServerArg {
     /// The server's binary protocol address.
@@ -357,6 +403,7 @@ fn main() -> ExitCode {
             cores,
         } => serve(config, data_dir, listen, http_listen, cores),
         Command::Streams(command) => cli::streams(command_args(command)),
+        Command::Consumers(command) => consumers(command),
         Command::Put {
             stream,
             file,
@@ -607,6 +654,42 @@ fn parse_record_bytes(text: &str) -> Result<(usize, usize), String> {
         return Err(bad());
     }
     Ok((min, max))
+}
+
+fn consumers(command: ConsumersCommand) -> Result<(), String> {
+    use spate::tools::consumers;
+    match command {
+        ConsumersCommand::Run {
+            stream,
+            app,
+            worker,
+            lease_timeout_ms,
+            latest,
+            output,
+            server,
+        } => consumers::run(consumers::RunArgs {
+            server: server.server,
+            stream,
+            app,
+            worker: worker.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "worker".into());
+                format!("{host}-{}", std::process::id())
+            }),
+            lease_timeout_ms,
+            from_latest: latest,
+            output,
+        }),
+        ConsumersCommand::List { stream, server } => {
+            consumers::show(server.server, stream, String::new(), false)
+        }
+        ConsumersCommand::Describe {
+            stream,
+            app,
+            server,
+        } => consumers::show(server.server, stream, app, true),
+    }
 }
 
 fn command_args(command: StreamsCommand) -> cli::StreamsArgs {

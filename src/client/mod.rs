@@ -4,6 +4,7 @@
 //! to its caller and each subscription event to its subscription. Runs inside a glommio
 //! executor, on one thread.
 
+pub mod consumer;
 pub mod producer;
 
 pub use producer::Producer;

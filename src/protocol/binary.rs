@@ -55,6 +55,16 @@
 //!                   split: shard a at hash key; merge: shards a and b; scale: to a
 //!                   uniform shards (UNIFORM_SCALING); move: shard a to core b;
 //!                   rebalance: even out open shards of every stream over the cores
+//! Heartbeat   0x09  stream str | app str | worker str | lease timeout ms u32 |
+//!                   count u16 | count × shard u32 (the shards the worker runs)
+//!   response        count u16 | count × lease (the leases the worker owns now)
+//! Checkpoint  0x0A  stream str | app str | worker str | shard u32 | counter u64 |
+//!                   checkpoint                                    → empty, or LeaseLost
+//! ListLeases  0x0B  stream str | app str (empty: every application)
+//!   response        count u32 | count × (app str | shard u32 | owner str (empty: none) |
+//!                   counter u64 | checkpoint)
+//! lease             shard u32 | counter u64 | checkpoint | end sequence u64 (u64::MAX: open)
+//! checkpoint        kind u8 (0 none, 1 after sequence, 2 shard end) | sequence u64
 //! records body      next sequence u64 | millis behind latest u64 | count u32 |
 //!                   count × (sequence u64 | arrival us u64 | partition key str | data bytes)
 //! error response    message str (any op, status ≠ 0)
@@ -64,7 +74,7 @@
 //! stays open: its frame boundary was sound.
 //!
 //! Version history: 1 — first version. 2 — Reshard; Describe lists closed shards with
-//! their lineage and end.
+//! their lineage and end; Heartbeat, Checkpoint and ListLeases for consumer applications.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
@@ -95,6 +105,9 @@ pub enum Op {
     DescribeStream = 0x06,
     Subscribe = 0x07,
     Reshard = 0x08,
+    Heartbeat = 0x09,
+    Checkpoint = 0x0A,
+    ListLeases = 0x0B,
 }
 
 impl Op {
@@ -108,6 +121,9 @@ impl Op {
             0x06 => Op::DescribeStream,
             0x07 => Op::Subscribe,
             0x08 => Op::Reshard,
+            0x09 => Op::Heartbeat,
+            0x0A => Op::Checkpoint,
+            0x0B => Op::ListLeases,
             _ => return None,
         })
     }
@@ -141,6 +157,9 @@ pub enum Status {
     ShardUnavailable = 15,
     /// A quota on the shape of streams (shard count, scalings a day) would be passed.
     ResourceLimit = 16,
+    /// A consumer worker does not hold the lease it checkpointed under (it expired, or
+    /// went to another worker).
+    LeaseLost = 17,
 }
 
 impl Status {
@@ -162,6 +181,7 @@ impl Status {
             14 => Status::Throttled,
             15 => Status::ShardUnavailable,
             16 => Status::ResourceLimit,
+            17 => Status::LeaseLost,
             _ => Status::Internal,
         }
     }
@@ -185,6 +205,7 @@ impl Status {
             Status::Throttled => "Throttled",
             Status::ShardUnavailable => "ShardUnavailable",
             Status::ResourceLimit => "ResourceLimit",
+            Status::LeaseLost => "LeaseLost",
         }
     }
 }
@@ -345,6 +366,59 @@ pub enum Request {
         stream: String,
         change: Reshard,
     },
+    Heartbeat {
+        stream: String,
+        app: String,
+        worker: String,
+        timeout_ms: u32,
+        held: Vec<u32>,
+    },
+    Checkpoint {
+        stream: String,
+        app: String,
+        worker: String,
+        shard: u32,
+        counter: u64,
+        checkpoint: Checkpoint,
+    },
+    ListLeases {
+        stream: String,
+        app: String,
+    },
+}
+
+/// Where a consumer application is in a shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Checkpoint {
+    /// Nothing processed yet: start from the application's initial position.
+    #[default]
+    None,
+    /// Every record up to and including this sequence number is processed.
+    After(u64),
+    /// The shard is closed and every record in it processed; its children may start.
+    ShardEnd,
+}
+
+/// A lease a worker owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub shard: u32,
+    /// Bumped each time the lease changes hands; checkpoints name it.
+    pub counter: u64,
+    pub checkpoint: Checkpoint,
+    /// One past the last record of a closed shard.
+    pub end_seq: Option<u64>,
+}
+
+/// A lease as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub app: String,
+    pub shard: u32,
+    /// Empty when no worker owns it.
+    pub owner: String,
+    pub counter: u64,
+    pub checkpoint: Checkpoint,
 }
 
 impl Request {
@@ -358,6 +432,9 @@ impl Request {
             Request::DescribeStream { .. } => Op::DescribeStream,
             Request::Subscribe { .. } => Op::Subscribe,
             Request::Reshard { .. } => Op::Reshard,
+            Request::Heartbeat { .. } => Op::Heartbeat,
+            Request::Checkpoint { .. } => Op::Checkpoint,
+            Request::ListLeases { .. } => Op::ListLeases,
         }
     }
 
@@ -461,6 +538,36 @@ impl Request {
                 };
                 Request::Reshard { stream, change }
             }
+            Op::Heartbeat => {
+                let stream = r.str("stream")?;
+                let app = r.str("application")?;
+                let worker = r.str("worker")?;
+                let timeout_ms = r.u32("lease timeout")?;
+                let count = usize::from(r.u16("held count")?);
+                let mut held = Vec::with_capacity(count.min(1024));
+                for _ in 0..count {
+                    held.push(r.u32("held shard")?);
+                }
+                Request::Heartbeat {
+                    stream,
+                    app,
+                    worker,
+                    timeout_ms,
+                    held,
+                }
+            }
+            Op::Checkpoint => Request::Checkpoint {
+                stream: r.str("stream")?,
+                app: r.str("application")?,
+                worker: r.str("worker")?,
+                shard: r.u32("shard")?,
+                counter: r.u64("counter")?,
+                checkpoint: r.checkpoint()?,
+            },
+            Op::ListLeases => Request::ListLeases {
+                stream: r.str("stream")?,
+                app: r.str("application")?,
+            },
         };
         r.finish()?;
         Ok(request)
@@ -539,6 +646,41 @@ impl Request {
                 out.put_u32_le(b);
                 out.put_u128(key);
             }
+            Request::Heartbeat {
+                stream,
+                app,
+                worker,
+                timeout_ms,
+                held,
+            } => {
+                put_str(out, stream);
+                put_str(out, app);
+                put_str(out, worker);
+                out.put_u32_le(*timeout_ms);
+                out.put_u16_le(u16::try_from(held.len()).unwrap_or(u16::MAX));
+                for shard in held.iter().take(usize::from(u16::MAX)) {
+                    out.put_u32_le(*shard);
+                }
+            }
+            Request::Checkpoint {
+                stream,
+                app,
+                worker,
+                shard,
+                counter,
+                checkpoint,
+            } => {
+                put_str(out, stream);
+                put_str(out, app);
+                put_str(out, worker);
+                out.put_u32_le(*shard);
+                out.put_u64_le(*counter);
+                put_checkpoint(out, *checkpoint);
+            }
+            Request::ListLeases { stream, app } => {
+                put_str(out, stream);
+                put_str(out, app);
+            }
         }
         end_frame(out, start);
     }
@@ -588,6 +730,8 @@ pub enum Response {
     Empty,
     Streams(Vec<String>),
     Stream(StreamDescription),
+    Leases(Vec<LeaseInfo>),
+    LeaseRows(Vec<LeaseRow>),
 }
 
 impl Response {
@@ -622,6 +766,25 @@ impl Response {
                 out.put_u32_le(names.len() as u32);
                 for name in names {
                     put_str(out, name);
+                }
+            }
+            Response::Leases(leases) => {
+                out.put_u16_le(u16::try_from(leases.len()).unwrap_or(u16::MAX));
+                for lease in leases.iter().take(usize::from(u16::MAX)) {
+                    out.put_u32_le(lease.shard);
+                    out.put_u64_le(lease.counter);
+                    put_checkpoint(out, lease.checkpoint);
+                    out.put_u64_le(lease.end_seq.unwrap_or(u64::MAX));
+                }
+            }
+            Response::LeaseRows(rows) => {
+                out.put_u32_le(rows.len() as u32);
+                for row in rows {
+                    put_str(out, &row.app);
+                    out.put_u32_le(row.shard);
+                    put_str(out, &row.owner);
+                    out.put_u64_le(row.counter);
+                    put_checkpoint(out, row.checkpoint);
                 }
             }
             Response::Stream(stream) => {
@@ -668,7 +831,36 @@ impl Response {
                 Response::Put(results)
             }
             Op::GetRecords => Response::Records(decode_records(&mut r)?),
-            Op::CreateStream | Op::DeleteStream | Op::Subscribe | Op::Reshard => Response::Empty,
+            Op::CreateStream | Op::DeleteStream | Op::Subscribe | Op::Reshard | Op::Checkpoint => {
+                Response::Empty
+            }
+            Op::Heartbeat => {
+                let count = usize::from(r.u16("lease count")?);
+                let mut leases = Vec::with_capacity(count.min(1024));
+                for _ in 0..count {
+                    leases.push(LeaseInfo {
+                        shard: r.u32("shard")?,
+                        counter: r.u64("counter")?,
+                        checkpoint: r.checkpoint()?,
+                        end_seq: Some(r.u64("end sequence")?).filter(|&e| e != u64::MAX),
+                    });
+                }
+                Response::Leases(leases)
+            }
+            Op::ListLeases => {
+                let count = r.u32("lease count")? as usize;
+                let mut rows = Vec::with_capacity(count.min(10_000));
+                for _ in 0..count {
+                    rows.push(LeaseRow {
+                        app: r.str("application")?,
+                        shard: r.u32("shard")?,
+                        owner: r.str("owner")?,
+                        counter: r.u64("counter")?,
+                        checkpoint: r.checkpoint()?,
+                    });
+                }
+                Response::LeaseRows(rows)
+            }
             Op::ListStreams => {
                 let count = r.u32("stream count")? as usize;
                 let mut names = Vec::with_capacity(count.min(1024));
@@ -820,6 +1012,16 @@ fn put_str(out: &mut BytesMut, text: &str) {
     out.put_slice(&bytes[..len]);
 }
 
+fn put_checkpoint(out: &mut BytesMut, checkpoint: Checkpoint) {
+    let (kind, seq) = match checkpoint {
+        Checkpoint::None => (0u8, 0u64),
+        Checkpoint::After(seq) => (1, seq),
+        Checkpoint::ShardEnd => (2, 0),
+    };
+    out.put_u8(kind);
+    out.put_u64_le(seq);
+}
+
 fn put_position(out: &mut BytesMut, position: StartPosition) {
     let (kind, value) = match position {
         StartPosition::TrimHorizon => (0, 0),
@@ -892,6 +1094,20 @@ impl Reader {
         let len = usize::from(self.u16(field)?);
         let bytes = self.take(field, len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| BodyError::NotUtf8 { field })
+    }
+
+    fn checkpoint(&mut self) -> Result<Checkpoint, BodyError> {
+        let kind = self.u8("checkpoint kind")?;
+        let seq = self.u64("checkpoint sequence")?;
+        match kind {
+            0 => Ok(Checkpoint::None),
+            1 => Ok(Checkpoint::After(seq)),
+            2 => Ok(Checkpoint::ShardEnd),
+            other => Err(BodyError::Value {
+                field: "checkpoint kind",
+                found: u64::from(other),
+            }),
+        }
     }
 
     fn position(&mut self) -> Result<StartPosition, BodyError> {
@@ -969,6 +1185,25 @@ mod tests {
             Request::Reshard {
                 stream: "s".into(),
                 change: Reshard::Move { shard: 1, core: 1 },
+            },
+            Request::Heartbeat {
+                stream: "s".into(),
+                app: "a".into(),
+                worker: "w".into(),
+                timeout_ms: 3000,
+                held: vec![1, 5],
+            },
+            Request::Checkpoint {
+                stream: "s".into(),
+                app: "a".into(),
+                worker: "w".into(),
+                shard: 5,
+                counter: 3,
+                checkpoint: Checkpoint::After(77),
+            },
+            Request::ListLeases {
+                stream: "s".into(),
+                app: String::new(),
             },
             Request::Subscribe {
                 stream: "s".into(),

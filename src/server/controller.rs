@@ -16,7 +16,7 @@ use crate::catalog::{
     StreamMeta, StreamStatus,
 };
 use crate::limits::{SCALINGS_PER_DAY_MAX, SHARDS_MAX, STREAM_CONSUMERS_MAX, STREAM_SHARDS_MAX};
-use crate::protocol::binary::{Response, Status, WireError};
+use crate::protocol::binary::{Request, Response, Status, WireError};
 use crate::server::core::{Core, CoreReply, CoreRequest};
 
 /// A catalog change.
@@ -86,14 +86,17 @@ pub enum ControlRequest {
 
 pub struct Controller {
     catalog: RefCell<Catalog>,
+    /// Leases and checkpoints of consumer applications.
+    pub leases: crate::server::leases::Leases,
     /// Serialises changes across their awaits (persist, broadcast).
     turn: Semaphore,
 }
 
 impl Controller {
-    pub fn new(catalog: Catalog) -> Controller {
+    pub fn new(catalog: Catalog, leases: crate::server::leases::Leases) -> Controller {
         Controller {
             catalog: RefCell::new(catalog),
+            leases,
             turn: Semaphore::new(1),
         }
     }
@@ -605,6 +608,62 @@ impl Controller {
             if let CoreReply::Control(Err(error)) = core.call(0, request).await {
                 tracing::warn!(%error, "on-demand split failed");
             }
+        }
+    }
+
+    /// Serves a consumer application's lease request.
+    ///
+    /// # Errors
+    /// Unknown stream, `LeaseLost`, storage failures.
+    pub async fn lease(&self, core: &Rc<Core>, request: Request) -> Result<Response, WireError> {
+        let catalog = self.catalog.borrow().clone();
+        let find = |name: &str| {
+            catalog
+                .stream(name)
+                .cloned()
+                .ok_or_else(|| catalog_error(CatalogError::StreamNotFound(name.to_string())))
+        };
+        match request {
+            Request::Heartbeat {
+                stream,
+                app,
+                worker,
+                timeout_ms,
+                held,
+            } => {
+                let stream = find(&stream)?;
+                let leases =
+                    self.leases
+                        .heartbeat(&stream, &app, &worker, timeout_ms, &held, now_us())?;
+                Ok(Response::Leases(leases))
+            }
+            Request::Checkpoint {
+                stream,
+                app,
+                worker,
+                shard,
+                counter,
+                checkpoint,
+            } => {
+                let stream = find(&stream)?;
+                self.leases
+                    .checkpoint(
+                        &core.data_dir(),
+                        stream.id,
+                        &app,
+                        &worker,
+                        shard,
+                        counter,
+                        checkpoint,
+                    )
+                    .await?;
+                Ok(Response::Empty)
+            }
+            Request::ListLeases { stream, app } => {
+                let stream = find(&stream)?;
+                Ok(Response::LeaseRows(self.leases.list(&stream, &app)))
+            }
+            _ => Err(WireError::new(Status::Internal, "not a lease request")),
         }
     }
 

@@ -101,6 +101,9 @@ pub enum CoreRequest {
     Metrics,
     /// A catalog change, for the controller (core 0).
     Control(ControlRequest),
+    /// A consumer application's lease request (heartbeat, checkpoint, list), for the
+    /// controller.
+    Lease(crate::protocol::binary::Request),
     /// A new catalog, from the controller: open shards newly owned, close deleted ones.
     Snapshot {
         catalog: Catalog,
@@ -431,6 +434,13 @@ impl Core {
                     .collect();
                 CoreReply::Tips(tips)
             }
+            CoreRequest::Lease(request) => match &self.controller {
+                Some(controller) => CoreReply::Control(controller.lease(self, request).await),
+                None => CoreReply::Control(Err(WireError::new(
+                    Status::Internal,
+                    "lease request sent to a core that is not the controller",
+                ))),
+            },
             CoreRequest::Control(control) => match &self.controller {
                 Some(controller) => CoreReply::Control(controller.handle(self, control).await),
                 None => CoreReply::Control(Err(WireError::new(

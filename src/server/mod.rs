@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod core;
+pub mod leases;
 pub mod quota;
 pub mod requests;
 
@@ -175,7 +176,8 @@ async fn run_core(
                 .map_err(|e| e.to_string())?;
         }
         controller::remove_orphans(&catalog, &config.data_dir);
-        Some(Controller::new(catalog))
+        let leases = leases::Leases::load(&config.data_dir).await?;
+        Some(Controller::new(catalog, leases))
     } else {
         None
     };

@@ -69,6 +69,15 @@ pub async fn handle(core: &Rc<Core>, request: Request) -> Result<Response, WireE
             core.snapshot().streams.keys().cloned().collect(),
         )),
         Request::DescribeStream { stream } => describe(core, &stream).await,
+        lease @ (Request::Heartbeat { .. }
+        | Request::Checkpoint { .. }
+        | Request::ListLeases { .. }) => match core.call(0, CoreRequest::Lease(lease)).await {
+            CoreReply::Control(result) => result,
+            _ => Err(WireError::new(
+                Status::Internal,
+                "unexpected reply from the controller",
+            )),
+        },
         Request::Reshard { stream, change } => {
             control(
                 core,

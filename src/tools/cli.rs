@@ -246,7 +246,7 @@ pub fn streams(args: StreamsArgs) -> Result<(), String> {
     })
 }
 
-async fn connect(server: &str) -> Result<Client, String> {
+pub(crate) async fn connect(server: &str) -> Result<Client, String> {
     let addr = address(server)?;
     Client::connect(addr)
         .await

@@ -3,6 +3,7 @@
 //! executor.
 
 pub mod cli;
+pub mod consumers;
 pub mod crash_writer;
 pub mod log_bench;
 pub mod stats;

@@ -89,7 +89,7 @@ pub fn from_wire(error: WireError) -> KinesisError {
         Status::ResourceInUse => KinesisError::in_use(message),
         Status::Throttled => KinesisError::throughput_exceeded(message),
         Status::ResourceLimit => KinesisError::limit_exceeded(message),
-        Status::ShardUnavailable => KinesisError::internal(message),
+        Status::ShardUnavailable | Status::LeaseLost => KinesisError::internal(message),
         Status::Ok
         | Status::UnsupportedVersion
         | Status::UnknownOperation

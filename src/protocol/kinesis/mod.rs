@@ -52,7 +52,8 @@ pub async fn handle(core: &Rc<Core>, request: Request<Incoming>) -> Response<Bod
         return plain(StatusCode::OK, "ok\n", &request_id);
     }
     if request.method() == Method::GET && request.uri().path() == "/metrics" {
-        let text = crate::metrics::render(&core.all_metrics().await);
+        let mut text = crate::metrics::render(&core.all_metrics().await);
+        text.push_str(&crate::server::leases::render_metrics(core).await);
         let mut response = Response::new(whole(Bytes::from(text)));
         response.headers_mut().insert(
             CONTENT_TYPE,
