@@ -15,10 +15,12 @@
 //!
 //! * [`limits`] — every hard bound, with its reason.
 //! * [`catalog`] — streams, shards, hash ranges, lineage; reshard planning.
-//! * [`server`] — cores, the controller (catalog changes, resharding), quotas.
+//! * [`server`] — cores, the controller (catalog changes, resharding, consumer leases),
+//!   quotas.
 //! * [`log`] — the shard log: batches, segments, indexes, reads, retention, recovery.
 //! * [`commit`] — the per-core group committer.
-//! * [`client`], [`load`] — the Rust client and the load generator.
+//! * [`client`], [`load`] — the Rust client (producer, consumer library) and the load
+//!   generator.
 //! * [`metrics`] — per-core HdrHistograms and counters, Prometheus text for `/metrics`.
 //! * [`runtime`] — starting glommio executors within the machine's memlock limit.
 //! * [`tools`] — the CLI commands, the log benchmark and the crash writer.
