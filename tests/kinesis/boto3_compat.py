@@ -237,7 +237,8 @@ class Boto3Compat(unittest.TestCase):
         self.assertEqual(error_code(lambda: self.k.get_records(ShardIterator=forged))[0], "InvalidArgumentException")
 
     def test_unimplemented_operations_answer_with_a_shaped_error(self):
-        code, status = error_code(lambda: self.k.list_stream_consumers(StreamARN="arn:aws:kinesis:us-east-1:000000000000:stream/compat"))
+        code, status = error_code(lambda: self.k.start_stream_encryption(
+            StreamName="compat", EncryptionType="KMS", KeyId="alias/aws/kinesis"))
         self.assertEqual((code, status), ("UnknownOperationException", 400))
 
     def test_retention_periods(self):
