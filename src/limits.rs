@@ -151,6 +151,9 @@ pub const RESHARD_WAIT_US_MAX: u64 = 5_000_000;
 /// Registered (enhanced fan-out) consumers per stream (Kinesis quota).
 pub const STREAM_CONSUMERS_MAX: usize = 20;
 
+/// Consumers of one stream in CREATING at once (Kinesis quota).
+pub const CONSUMERS_CREATING_MAX: usize = 5;
+
 /// How long a SubscribeToShard subscription lives before the client must subscribe again
 /// from its continuation point (Kinesis: 5 minutes).
 pub const SUBSCRIPTION_LIFETIME_MS: u64 = 300_000;

@@ -62,7 +62,7 @@ fn run_python_with_config(config: &str, script: &str) {
 #[test]
 fn streams_pass_through_creating_and_deleting_and_iterators_expire() {
     run_python_with_config(
-        "[kinesis]\nstream_transition = \"300 ms\"\niterator_ttl = \"1 s\"\n",
+        "[kinesis]\nstream_transition = \"1 s\"\niterator_ttl = \"1 s\"\n",
         "boto3_transitions.py",
     );
 }
@@ -85,7 +85,7 @@ fn quotas_throttle_puts_and_reads_and_on_demand_streams_split_hot_shards() {
 #[test]
 fn enhanced_fan_out_streams_records_to_boto3_subscribers() {
     run_python_with_config(
-        "[kinesis]\nsubscription_lifetime = \"3 s\"\n",
+        "[kinesis]\nsubscription_lifetime = \"15 s\"\n",
         "boto3_fanout.py",
     );
 }

@@ -15,7 +15,10 @@ use crate::catalog::{
     Catalog, CatalogError, ConsumerMeta, ConsumerStatus, Reshard, ReshardStep, ShardMeta,
     StreamMeta, StreamStatus,
 };
-use crate::limits::{SCALINGS_PER_DAY_MAX, SHARDS_MAX, STREAM_CONSUMERS_MAX, STREAM_SHARDS_MAX};
+use crate::limits::{
+    CONSUMERS_CREATING_MAX, SCALINGS_PER_DAY_MAX, SHARDS_MAX, STREAM_CONSUMERS_MAX,
+    STREAM_SHARDS_MAX,
+};
 use crate::protocol::binary::{Request, Response, Status, WireError};
 use crate::server::core::{Core, CoreReply, CoreRequest};
 
@@ -237,6 +240,19 @@ impl Controller {
                         format!(
                             "Consumer {consumer} under stream {name} under account {} already exists.",
                             core.config.account_id
+                        ),
+                    ));
+                }
+                let creating = stream
+                    .consumers
+                    .values()
+                    .filter(|c| c.status == ConsumerStatus::Creating)
+                    .count();
+                if creating >= CONSUMERS_CREATING_MAX {
+                    return Err(WireError::new(
+                        Status::ResourceLimit,
+                        format!(
+                            "Stream {name} already has {CONSUMERS_CREATING_MAX} consumers in CREATING, the most at once"
                         ),
                     ));
                 }

@@ -17,7 +17,7 @@ def client(key, secret):
     return boto3.client(
         "kinesis", endpoint_url=ENDPOINT, region_name="us-east-1",
         aws_access_key_id=key, aws_secret_access_key=secret,
-        config=botocore.config.Config(retries={"max_attempts": 1}),
+        config=botocore.config.Config(retries={"total_max_attempts": 1}),
     )
 
 

@@ -27,7 +27,7 @@ def client(validate=True):
         aws_access_key_id="AKIDEXAMPLE",
         aws_secret_access_key="secret",
         config=botocore.config.Config(
-            parameter_validation=validate, retries={"max_attempts": 1}
+            parameter_validation=validate, retries={"total_max_attempts": 1}
         ),
     )
 

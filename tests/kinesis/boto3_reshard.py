@@ -17,7 +17,7 @@ ENDPOINT = sys.argv.pop(1)
 k = boto3.client(
     "kinesis", endpoint_url=ENDPOINT, region_name="us-east-1",
     aws_access_key_id="a", aws_secret_access_key="b",
-    config=botocore.config.Config(retries={"max_attempts": 1}),
+    config=botocore.config.Config(retries={"total_max_attempts": 1}),
 )
 MAX = 2 ** 128 - 1
 
@@ -117,7 +117,7 @@ class Producer(threading.Thread):
         client = boto3.client(
             "kinesis", endpoint_url=ENDPOINT, region_name="us-east-1",
             aws_access_key_id="a", aws_secret_access_key="b",
-            config=botocore.config.Config(retries={"max_attempts": 1}))
+            config=botocore.config.Config(retries={"total_max_attempts": 1}))
         try:
             while not self.stop.is_set():
                 # Each batch holds one record per key, so a key's records are put one

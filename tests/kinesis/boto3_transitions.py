@@ -1,5 +1,5 @@
 """Stream state transitions and iterator expiry with boto3, against a spate started with
-[kinesis] stream_transition = "300 ms" and iterator_ttl = "1 s".
+[kinesis] stream_transition = "1 s" and iterator_ttl = "1 s".
 Usage: python boto3_transitions.py http://127.0.0.1:PORT
 """
 import sys
@@ -14,7 +14,7 @@ ENDPOINT = sys.argv.pop(1)
 k = boto3.client(
     "kinesis", endpoint_url=ENDPOINT, region_name="us-east-1",
     aws_access_key_id="a", aws_secret_access_key="b",
-    config=botocore.config.Config(retries={"max_attempts": 1}),
+    config=botocore.config.Config(retries={"total_max_attempts": 1}),
 )
 
 
@@ -73,6 +73,33 @@ class Transitions(unittest.TestCase):
         shards = k.list_shards(StreamName="resplit")["Shards"]
         self.assertEqual(len(shards), 3)
         self.assertIn("EndingSequenceNumber", shards[0]["SequenceNumberRange"])
+
+    def test_consumers_pass_through_creating_and_at_most_five_at_once(self):
+        k.create_stream(StreamName="fans", ShardCount=1)
+        self.assertTrue(wait_for(lambda: status("fans") == "ACTIVE"))
+        arn = k.describe_stream_summary(StreamName="fans")["StreamDescriptionSummary"]["StreamARN"]
+        first = k.register_stream_consumer(StreamARN=arn, ConsumerName="c0")["Consumer"]
+        self.assertEqual(first["ConsumerStatus"], "CREATING")
+        for i in range(1, 5):
+            k.register_stream_consumer(StreamARN=arn, ConsumerName="c%d" % i)
+        self.assertEqual(code_of(lambda: k.register_stream_consumer(StreamARN=arn, ConsumerName="c5")),
+                         "LimitExceededException")
+        # A subscription needs an ACTIVE consumer.
+        self.assertEqual(code_of(lambda: k.subscribe_to_shard(
+            ConsumerARN=first["ConsumerARN"], ShardId="shardId-000000000000",
+            StartingPosition={"Type": "LATEST"})), "ResourceInUseException")
+        consumer = lambda: k.describe_stream_consumer(ConsumerARN=first["ConsumerARN"])["ConsumerDescription"]
+        self.assertTrue(wait_for(lambda: consumer()["ConsumerStatus"] == "ACTIVE"))
+        k.register_stream_consumer(StreamARN=arn, ConsumerName="c5")
+        k.deregister_stream_consumer(ConsumerARN=first["ConsumerARN"])
+        self.assertEqual(consumer()["ConsumerStatus"], "DELETING")
+        def gone():
+            try:
+                consumer()
+            except botocore.exceptions.ClientError as error:
+                return error.response["Error"]["Code"] == "ResourceNotFoundException"
+            return False
+        self.assertTrue(wait_for(gone))
 
     def test_iterators_expire(self):
         k.create_stream(StreamName="ttl", ShardCount=1)

@@ -120,10 +120,12 @@ pub async fn register(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>,
     )
     .await
     .map_err(|error| match error.kind {
-        "LimitExceededException" => KinesisError::limit_exceeded(format!(
-            "Stream {name} under account {} has reached the limit of {STREAM_CONSUMERS_MAX} registered consumers",
-            core.config.account_id
-        )),
+        "LimitExceededException" if !error.message.contains("CREATING") => {
+            KinesisError::limit_exceeded(format!(
+                "Stream {name} under account {} has reached the limit of {STREAM_CONSUMERS_MAX} registered consumers",
+                core.config.account_id
+            ))
+        }
         _ => error,
     })?;
     let snapshot = core.snapshot();
