@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs spate's whole test suite: unit tests, the shard-log model, recovery and SIGKILL
 # crash tests on real files through io_uring, the server end to end, and Kinesis
-# compatibility with real AWS clients (boto3 and the JavaScript SDK v3). Installs what the
-# tests need inside the repository (a Python virtualenv with boto3 and the npm SDK under
-# target/); raises the memlock limit for this shell when it may (glommio registers I/O
+# compatibility with real AWS clients (boto3, the AWS CLI and the JavaScript SDK v3).
+# Installs what the tests need inside the repository (a Python virtualenv with boto3 and
+# the AWS CLI, and the npm SDK, under target/); raises the memlock limit for this shell when it may (glommio registers I/O
 # buffers in locked memory; with less it still works, a little slower).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +14,12 @@ fi
 echo "memlock limit: $(ulimit -l) KiB"
 
 python=target/pyenv/bin/python
-if ! "$python" -c "import boto3" 2>/dev/null; then
-  echo "installing boto3 into target/pyenv (PyPI)"
+if ! "$python" -c "import boto3" 2>/dev/null || [ ! -x target/pyenv/bin/aws ]; then
+  echo "installing boto3 and the AWS CLI into target/pyenv (PyPI)"
   mkdir -p target
   python3 -m venv target/pyenv
-  "$python" -m pip install --quiet boto3
+  # One resolve for both, so boto3 and the CLI agree on botocore.
+  "$python" -m pip install --quiet boto3 awscli
 fi
 
 if [ ! -d target/jsenv/node_modules/@aws-sdk/client-kinesis ]; then

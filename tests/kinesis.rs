@@ -1,6 +1,7 @@
-//! Kinesis API compatibility judged by real AWS clients: boto3 (installed by
-//! scripts/test.sh into target/pyenv) runs tests/kinesis/boto3_compat.py against a real
-//! server.
+//! Kinesis API compatibility judged by real AWS clients against a real server: boto3 and
+//! the AWS CLI (installed by scripts/test.sh into target/pyenv) run the scripts in
+//! tests/kinesis/ and the commands below; the JavaScript SDK v3 (target/jsenv) runs
+//! tests/kinesis/js/compat.mjs over HTTP/2.
 
 mod common;
 
@@ -88,6 +89,108 @@ fn enhanced_fan_out_streams_records_to_boto3_subscribers() {
         "[kinesis]\nsubscription_lifetime = \"15 s\"\n",
         "boto3_fanout.py",
     );
+}
+
+/// Runs `aws kinesis ARGS` against `endpoint`; returns (success, stdout, stderr).
+fn aws(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cli = root.join("target/pyenv/bin/aws");
+    assert!(
+        cli.exists(),
+        "{} is missing: run `bash scripts/test.sh`, which installs the AWS CLI there",
+        cli.display()
+    );
+    let output = Command::new(&cli)
+        .arg("kinesis")
+        .args(args)
+        .args(["--endpoint-url", endpoint, "--output", "json"])
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .expect("run aws");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_aws_cli_creates_puts_reads_and_reshards() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let e = server.endpoint.clone();
+    let ok = |args: &[&str]| {
+        let (success, out, err) = aws(&e, args);
+        assert!(success, "aws kinesis {args:?} failed: {err}");
+        out
+    };
+    ok(&[
+        "create-stream",
+        "--stream-name",
+        "cli",
+        "--shard-count",
+        "2",
+    ]);
+    let listed = ok(&["list-streams"]);
+    assert!(listed.contains("\"cli\""), "{listed}");
+    let summary = ok(&["describe-stream-summary", "--stream-name", "cli"]);
+    assert!(summary.contains("\"OpenShardCount\": 2"), "{summary}");
+    // AWS CLI v1 sends --data as text (base64-encoding it on the wire).
+    let put = ok(&[
+        "put-record",
+        "--stream-name",
+        "cli",
+        "--partition-key",
+        "k",
+        "--data",
+        "hello from the cli",
+        "--explicit-hash-key",
+        "0",
+    ]);
+    assert!(put.contains("shardId-000000000000"), "{put}");
+    let iterator = ok(&[
+        "get-shard-iterator",
+        "--stream-name",
+        "cli",
+        "--shard-id",
+        "shardId-000000000000",
+        "--shard-iterator-type",
+        "TRIM_HORIZON",
+    ]);
+    let iterator = iterator
+        .split('"')
+        .nth(3)
+        .unwrap_or_else(|| panic!("no iterator in {iterator}"))
+        .to_string();
+    let records = ok(&["get-records", "--shard-iterator", &iterator]);
+    let encoded = base64_simd::STANDARD.encode_to_string(b"hello from the cli");
+    assert!(records.contains(&encoded), "{records}");
+    ok(&[
+        "split-shard",
+        "--stream-name",
+        "cli",
+        "--shard-to-split",
+        "shardId-000000000000",
+        "--new-starting-hash-key",
+        "85070591730234615865843651857942052864",
+    ]);
+    let shards = ok(&["list-shards", "--stream-name", "cli"]);
+    assert!(
+        shards.contains("\"ParentShardId\": \"shardId-000000000000\""),
+        "{shards}"
+    );
+    assert!(shards.contains("EndingSequenceNumber"), "{shards}");
+    let (success, _, err) = aws(&e, &["describe-stream", "--stream-name", "missing"]);
+    assert!(
+        !success && err.contains("ResourceNotFoundException"),
+        "{err}"
+    );
+    server.stop();
 }
 
 #[test]
