@@ -120,8 +120,10 @@ enum Command {
     /// corrected). Without it, the load is closed loop at the maximum rate. Writes a JSON
     /// summary and an .hgrm percentile distribution.
     Load {
-        /// `binary` (spate's protocol, --server) or `kinesis` (PutRecords over HTTP to
-        /// --server, which is then the Kinesis API address, e.g. 127.0.0.1:4567).
+        /// `binary` (spate's protocol, --server), `kinesis` (PutRecords over HTTP to
+        /// --server, which is then the Kinesis API address, e.g. 127.0.0.1:4567) or `nats`
+        /// (one acknowledged JetStream publish per record to a NATS server, for peer
+        /// comparisons; the stream is a file-storage JetStream stream).
         #[arg(long, default_value = "binary")]
         protocol: String,
         /// The stream to put into; created with --shards when missing.
@@ -484,7 +486,10 @@ fn main() -> ExitCode {
             let protocol = match protocol.as_str() {
                 "binary" => spate::load::LoadProtocol::Binary,
                 "kinesis" => spate::load::LoadProtocol::Kinesis,
-                other => return Err(format!("--protocol `{other}`: use binary or kinesis")),
+                "nats" => spate::load::LoadProtocol::Nats,
+                other => {
+                    return Err(format!("--protocol `{other}`: use binary, kinesis or nats"));
+                }
             };
             let options = spate::load::LoadOptions {
                 protocol,

@@ -7,6 +7,7 @@
 //! Server errors are counted and shown, never retried.
 
 pub mod kinesis;
+pub mod nats;
 pub mod plan;
 pub mod report;
 
@@ -28,6 +29,9 @@ pub enum LoadProtocol {
     /// Kinesis PutRecords over HTTP/1.1 keep-alive, one request at a time per connection
     /// (each in-flight slot gets a connection of its own).
     Kinesis,
+    /// NATS JetStream publishes, one per record, each acknowledged (a peer to compare
+    /// with; see [`nats`]).
+    Nats,
 }
 
 /// What `spate load` was asked to do.
@@ -184,6 +188,10 @@ pub async fn run_worker(
             LoadProtocol::Kinesis => Sender::Kinesis(std::rc::Rc::new(
                 kinesis::Pool::connect(options.target, options.in_flight).await?,
             )),
+            LoadProtocol::Nats => Sender::Nats(
+                nats::Connection::connect(options.target, ((worker as u64) << 32) | c as u64)
+                    .await?,
+            ),
         };
         let options = options.clone();
         let counters = counters.clone();
@@ -221,6 +229,7 @@ pub async fn run_worker(
 enum Sender {
     Binary(std::rc::Rc<Client>),
     Kinesis(std::rc::Rc<kinesis::Pool>),
+    Nats(std::rc::Rc<nats::Connection>),
 }
 
 impl Sender {
@@ -232,6 +241,7 @@ impl Sender {
         match self {
             Sender::Binary(client) => client.put_records(stream, records).await,
             Sender::Kinesis(pool) => pool.put_records(stream, records).await,
+            Sender::Nats(connection) => connection.put_records(stream, records).await,
         }
     }
 }

@@ -238,6 +238,13 @@ fn ensure_stream(options: &LoadOptions) -> Result<(), String> {
     let target = options.target;
     let stream = options.stream.clone();
     let shards = options.shards;
+    if options.protocol == crate::load::LoadProtocol::Nats {
+        return crate::runtime::run_on_executor("load-setup", move || async move {
+            let connection = crate::load::nats::Connection::connect(target, u64::MAX).await?;
+            connection.ensure_stream(&stream).await
+        })
+        .map_err(|e| e.to_string())?;
+    }
     if options.protocol == crate::load::LoadProtocol::Kinesis {
         return crate::runtime::run_on_executor("load-setup", move || async move {
             let pool = crate::load::kinesis::Pool::connect(target, 1).await?;
