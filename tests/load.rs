@@ -165,6 +165,14 @@ fn metrics_count_what_was_put_and_stats_shows_them() {
         .map(|(_, v)| v)
         .sum();
     assert_eq!(appended as usize, acked, "{text}");
+    // Per shard too: both shards of the stream, adding up to the same.
+    let per_shard: Vec<f64> = samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("spate_shard_records_in_total{stream=\"measured\""))
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(per_shard.len(), 2, "{text}");
+    assert_eq!(per_shard.iter().sum::<f64>() as usize, acked, "{text}");
     assert!(
         text.contains("spate_latency_seconds_count{op=\"put\",core=\"all\"} 1"),
         "{text}"

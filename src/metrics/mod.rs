@@ -50,6 +50,21 @@ pub struct CoreMetrics {
     pub core: usize,
     pub histograms: [Histogram<u64>; 4],
     pub counters: Counters,
+    /// Counters of each shard the core owns, filled in when a snapshot is taken.
+    pub shards: Vec<ShardCounters>,
+}
+
+/// One shard's counters, kept by its owner core.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    pub stream: String,
+    pub shard: u32,
+    pub records_in: u64,
+    pub bytes_in: u64,
+    pub records_out: u64,
+    pub bytes_out: u64,
+    /// Records or reads refused by the shard's quota.
+    pub throttled: u64,
 }
 
 /// A latency histogram in microseconds: 1 us .. 1 hour at 3 significant digits. Used by
@@ -65,6 +80,7 @@ impl CoreMetrics {
             core,
             histograms: [histogram(), histogram(), histogram(), histogram()],
             counters: Counters::default(),
+            shards: Vec::new(),
         }
     }
 }
@@ -100,6 +116,9 @@ impl Recorder {
 
 /// A counter's metric name, help text, and how to read it.
 type CounterColumn = (&'static str, &'static str, fn(&Counters) -> u64);
+
+/// The same for a shard's counters.
+type ShardColumn = (&'static str, &'static str, fn(&ShardCounters) -> u64);
 
 /// Renders every core's measurements as Prometheus text: counters labelled by core, and
 /// latency summaries (quantiles, sum and count) by operation, merged over cores and per core.
@@ -146,6 +165,50 @@ pub fn render(cores: &[CoreMetrics]) -> String {
                 core.core,
                 get(&core.counters)
             );
+        }
+    }
+    let shard_columns: [ShardColumn; 5] = [
+        (
+            "spate_shard_records_in_total",
+            "Records appended to a shard",
+            |s| s.records_in,
+        ),
+        (
+            "spate_shard_bytes_in_total",
+            "Payload and key bytes appended to a shard",
+            |s| s.bytes_in,
+        ),
+        (
+            "spate_shard_records_out_total",
+            "Records read from a shard",
+            |s| s.records_out,
+        ),
+        (
+            "spate_shard_bytes_out_total",
+            "Payload bytes read from a shard",
+            |s| s.bytes_out,
+        ),
+        (
+            "spate_shard_throttles_total",
+            "Records and reads a shard's quota refused",
+            |s| s.throttled,
+        ),
+    ];
+    if cores.iter().any(|c| !c.shards.is_empty()) {
+        for (name, help, get) in shard_columns {
+            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
+            for core in cores {
+                for shard in &core.shards {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{stream=\"{}\",shard=\"shardId-{:012}\",core=\"{}\"}} {}",
+                        shard.stream,
+                        shard.shard,
+                        core.core,
+                        get(shard)
+                    );
+                }
+            }
         }
     }
     let name = "spate_latency_seconds";

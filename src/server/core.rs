@@ -503,6 +503,19 @@ impl Core {
         Ok(generation)
     }
 
+    /// Counts refusals by a shard's quota, for the core and the shard.
+    fn count_throttled(&self, stream_id: u64, shard: u32, count: u64) {
+        self.metrics.count(|c| c.throttles += count);
+        let now = crate::tools::now_us();
+        let quota = &self.config.quota;
+        self.usage
+            .borrow_mut()
+            .entry((stream_id, shard))
+            .or_insert_with(|| ShardUsage::new(quota, now))
+            .counters
+            .throttled += count;
+    }
+
     /// The message Kinesis gives for a throttled shard.
     fn throttled(&self, stream_id: u64, shard: u32) -> WireError {
         let snapshot = self.snapshot();
@@ -611,11 +624,13 @@ impl Core {
                         c.records_in += records.len() as u64;
                         c.bytes_in += bytes as u64;
                     });
-                    self.usage
-                        .borrow_mut()
+                    let mut usage = self.usage.borrow_mut();
+                    let usage = usage
                         .entry((stream_id, *shard))
-                        .or_insert_with(|| ShardUsage::new(quota, now))
-                        .note_written(bytes as u64, heat_bytes, now);
+                        .or_insert_with(|| ShardUsage::new(quota, now));
+                    usage.note_written(bytes as u64, heat_bytes, now);
+                    usage.counters.records_in += records.len() as u64;
+                    usage.counters.bytes_in += bytes as u64;
                     Ok(Some(appended))
                 }
             });
@@ -625,7 +640,10 @@ impl Core {
             .zip(batches)
             .zip(admitted)
             .map(|((result, (shard, records)), take)| {
-                let throttled = (take < records.len()).then(|| self.throttled(stream_id, shard));
+                let throttled = (take < records.len()).then(|| {
+                    self.count_throttled(stream_id, shard, (records.len() - take) as u64);
+                    self.throttled(stream_id, shard)
+                });
                 match result {
                     Ok(ack) => SubBatchOutcome {
                         first_seq: ack.map_or(0, |a| a.first_seq),
@@ -664,6 +682,7 @@ impl Core {
                 .or_insert_with(|| ShardUsage::new(quota, now))
                 .admit_read(now);
             if !admitted {
+                self.count_throttled(stream_id, shard, 1);
                 return Err(self.throttled(stream_id, shard));
             }
         }
@@ -677,10 +696,17 @@ impl Core {
             .await
             .map_err(read_error)?;
         let bytes: usize = out.records.iter().map(|r| r.data.len()).sum();
-        if quota.enabled
-            && let Some(usage) = self.usage.borrow_mut().get_mut(&(stream_id, shard))
         {
-            usage.charge_read(bytes);
+            let now = crate::tools::now_us();
+            let mut usage = self.usage.borrow_mut();
+            let usage = usage
+                .entry((stream_id, shard))
+                .or_insert_with(|| ShardUsage::new(quota, now));
+            if quota.enabled {
+                usage.charge_read(bytes);
+            }
+            usage.counters.records_out += out.records.len() as u64;
+            usage.counters.bytes_out += bytes as u64;
         }
         self.metrics.count(|c| {
             c.records_out += out.records.len() as u64;
@@ -818,6 +844,20 @@ impl Core {
     /// This core's measurements, with its committer's.
     pub fn metrics_snapshot(&self) -> CoreMetrics {
         let mut snapshot = self.metrics.snapshot();
+        let catalog = self.snapshot();
+        for ((stream_id, shard), usage) in self.usage.borrow().iter() {
+            let Some(stream) = catalog.streams.values().find(|s| s.id == *stream_id) else {
+                continue;
+            };
+            snapshot.shards.push(crate::metrics::ShardCounters {
+                stream: stream.name.clone(),
+                shard: *shard,
+                ..usage.counters.clone()
+            });
+        }
+        snapshot
+            .shards
+            .sort_by(|a, b| (&a.stream, a.shard).cmp(&(&b.stream, b.shard)));
         let _ = snapshot.histograms[Measured::Commit as usize].add(self.committer.round_latency());
         let stats = self.committer.stats();
         snapshot.counters.fsyncs = stats.fsyncs;

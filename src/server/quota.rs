@@ -45,6 +45,8 @@ pub struct ShardUsage {
     second_bytes: u64,
     /// Consecutive whole seconds with writes above the on-demand threshold.
     pub hot_seconds: u64,
+    /// The shard's counters for /metrics.
+    pub counters: crate::metrics::ShardCounters,
 }
 
 impl ShardUsage {
@@ -57,6 +59,7 @@ impl ShardUsage {
             second: now_us / 1_000_000,
             second_bytes: 0,
             hot_seconds: 0,
+            counters: crate::metrics::ShardCounters::default(),
         }
     }
 
