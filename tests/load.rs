@@ -226,6 +226,17 @@ fn verify_reads_everything_back_and_catches_duplicates() {
         report.contains("missing 0, duplicated 0, reordered 0"),
         "{report}"
     );
+    // The live tail saw every record and measured put → readable latency.
+    let acknowledged = report
+        .split("verify: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        report.contains(&format!("put → readable (ms, {acknowledged} records seen")),
+        "{report}"
+    );
     // A second run stamps the same producers and counters again: the check must see the
     // first run's records as duplicates and fail.
     let second = run_verify();

@@ -246,8 +246,9 @@ impl Sender {
     }
 }
 
-/// Bytes at the front of a verified record: producer (u32) and counter (u64).
-pub const STAMP_BYTES: usize = 12;
+/// Bytes at the front of a verified record: producer (u32), counter (u64) and the time it
+/// was sent (u64, unix microseconds), all little-endian.
+pub const STAMP_BYTES: usize = 20;
 
 /// What reading the stream back found.
 #[derive(Debug, Default)]
@@ -325,6 +326,78 @@ pub async fn verify(
     Ok(out)
 }
 
+/// Follows every shard of `stream` from its tip through subscriptions while a verifying
+/// load runs, and measures put → readable latency: from the send time stamped in each
+/// record to the moment a subscriber received it (one clock: load and server share the
+/// machine). Stops once `stop` is set and nothing arrived for a second. Returns the
+/// latencies in microseconds.
+///
+/// # Errors
+/// When the server cannot be reached or the stream described.
+pub async fn tail_latency(
+    target: std::net::SocketAddr,
+    stream: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ready: std::sync::mpsc::Sender<()>,
+) -> Result<Histogram<u64>, String> {
+    use std::sync::atomic::Ordering;
+    let client = std::rc::Rc::new(Client::connect(target).await.map_err(|e| e.to_string())?);
+    let description = client
+        .describe_stream(&stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let histogram = std::rc::Rc::new(std::cell::RefCell::new(new_histogram()));
+    let mut tasks = Vec::new();
+    for shard in description.shards.iter().filter(|s| s.end_seq.is_none()) {
+        let subscription = client
+            .subscribe(&stream, shard.index, crate::log::StartPosition::Latest)
+            .await
+            .map_err(|e| e.to_string())?;
+        let histogram = histogram.clone();
+        let stop = stop.clone();
+        tasks.push(glommio::spawn_local(async move {
+            let mut quiet_since = Instant::now();
+            loop {
+                let next = async { Some(subscription.next().await) };
+                let pause = async {
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    None
+                };
+                match futures_lite::future::or(next, pause).await {
+                    Some(Some(Ok(body))) => {
+                        let now = crate::tools::now_us();
+                        let mut histogram = histogram.borrow_mut();
+                        for record in &body.records {
+                            let Some(sent) = record.data.get(12..20) else {
+                                continue;
+                            };
+                            let mut raw = [0u8; 8];
+                            raw.copy_from_slice(sent);
+                            let latency = now.saturating_sub(u64::from_le_bytes(raw)).max(1);
+                            let _ = histogram.record(latency);
+                        }
+                        quiet_since = Instant::now();
+                    }
+                    Some(_) => return,
+                    None => {
+                        if stop.load(Ordering::Relaxed)
+                            && quiet_since.elapsed() > Duration::from_secs(1)
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let _ = ready.send(());
+    for task in tasks {
+        task.await;
+    }
+    let out = histogram.borrow().clone();
+    Ok(out)
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     crate::metrics::histogram()
 }
@@ -384,6 +457,7 @@ async fn drive_connection(
                 lengths.push(size);
                 stamped.extend_from_slice(&producer.to_le_bytes());
                 stamped.extend_from_slice(&counter.to_le_bytes());
+                stamped.extend_from_slice(&crate::tools::now_us().to_le_bytes());
                 stamped.extend_from_slice(&payload[..size - STAMP_BYTES]);
                 counter += 1;
                 Bytes::new()

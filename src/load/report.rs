@@ -26,6 +26,8 @@ pub struct LoadReport {
     pub histogram: Histogram<u64>,
     /// (producer, counter) of every acknowledged record, when verifying.
     pub acked: Vec<(u32, u64)>,
+    /// Put → readable latency in microseconds, measured by a live tail when verifying.
+    pub readable: Option<Histogram<u64>>,
 }
 
 impl LoadReport {
@@ -64,6 +66,18 @@ impl LoadReport {
             self.quantile_ms(0.9999),
             self.histogram.max() as f64 / 1000.0
         );
+        if let Some(readable) = &self.readable {
+            let ms = |q: f64| readable.value_at_quantile(q) as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "put → readable (ms, {} records seen by a live tail): p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                readable.len(),
+                ms(0.5),
+                ms(0.99),
+                ms(0.999),
+                readable.max() as f64 / 1000.0
+            );
+        }
         let _ = write!(
             out,
             "errors: {} failed requests, {} rejected records",
@@ -77,6 +91,23 @@ impl LoadReport {
 
     /// The JSON summary.
     pub fn to_json(&self, options: &LoadOptions) -> String {
+        let mut json = self.json_fields(options);
+        if let Some(readable) = &self.readable {
+            let ms = |q: f64| readable.value_at_quantile(q) as f64 / 1000.0;
+            json.pop();
+            json.push_str(&format!(
+                ",\"readable_ms\":{{\"records\":{},\"p50\":{:.3},\"p99\":{:.3},\"p99_9\":{:.3},\"max\":{:.3}}}}}",
+                readable.len(),
+                ms(0.5),
+                ms(0.99),
+                ms(0.999),
+                readable.max() as f64 / 1000.0
+            ));
+        }
+        json
+    }
+
+    fn json_fields(&self, options: &LoadOptions) -> String {
         format!(
             concat!(
                 "{{\"mode\":\"{}\",\"protocol\":\"{:?}\",\"target\":\"{}\",\"stream\":\"{}\",\"record_bytes_min\":{},",
@@ -166,6 +197,23 @@ impl LoadReport {
 /// When the server cannot be reached or the stream cannot be created.
 pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
     ensure_stream(&options)?;
+    // A verifying load also follows the stream live, for put → readable latency.
+    let tail_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tail = if options.verify {
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (target, stream, stop) = (options.target, options.stream.clone(), tail_stop.clone());
+        let handle = std::thread::spawn(move || {
+            crate::runtime::run_on_executor("load-tail", move || {
+                crate::load::tail_latency(target, stream, stop, ready_tx)
+            })
+            .map_err(|e| e.to_string())?
+        });
+        // Subscribed before the first put, so every record is seen.
+        let _ = ready.recv_timeout(std::time::Duration::from_secs(10));
+        Some(handle)
+    } else {
+        None
+    };
     let counters = Arc::new(Counters::default());
     counters
         .measuring
@@ -215,6 +263,7 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
         first_error: None,
         histogram: new_histogram(),
         acked: Vec::new(),
+        readable: None,
     };
     for handle in handles {
         let result = handle
@@ -231,6 +280,13 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
     // From the end of the warm-up to the last response (the drain of requests in flight).
     report.seconds = measured_from.elapsed().as_secs_f64().max(0.001);
     report.rejected_records = counters.rejected_records.load(Ordering::Relaxed);
+    if let Some(tail) = tail {
+        tail_stop.store(true, Ordering::Relaxed);
+        let readable = tail
+            .join()
+            .map_err(|_| "the load's tail reader panicked".to_string())??;
+        report.readable = Some(readable);
+    }
     Ok(report)
 }
 
