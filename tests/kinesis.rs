@@ -78,6 +78,7 @@ fn quotas_throttle_puts_and_reads_and_on_demand_streams_split_hot_shards() {
     // Rates low enough that a slow client on a loaded machine still passes them quickly.
     run_python_with_config(
         "[quota]\nenabled = true\nwrite_records_per_second = 10\nread_calls_per_second = 1\n\
+         read_bytes_per_second = \"100 KiB\"\n\
          on_demand_split_percent = 1\non_demand_window = \"2 s\"\n",
         "boto3_quota.py",
     );

@@ -377,6 +377,9 @@ impl Core {
                 wait_us,
                 subscription,
             } => {
+                // Fan-out reads have their own rate (per consumer, in the subscription);
+                // the shard's GetRecords quota is for polling readers.
+                let polled = subscription.is_none();
                 if let Some((consumer, generation)) = subscription {
                     let key = (stream_id, shard, consumer);
                     let current = self.subscriptions.borrow().get(&key).map(|e| e.1);
@@ -388,7 +391,9 @@ impl Core {
                     }
                 }
                 let read = self
-                    .read_local(stream_id, shard, position, limit, bytes_max, wait_us)
+                    .read_local(
+                        stream_id, shard, position, limit, bytes_max, wait_us, polled,
+                    )
                     .await;
                 CoreReply::Read(read)
             }
@@ -657,6 +662,7 @@ impl Core {
             .collect()
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn read_local(
         &self,
         stream_id: u64,
@@ -665,6 +671,7 @@ impl Core {
         limit: u32,
         bytes_max: u32,
         wait_us: u64,
+        polled: bool,
     ) -> Result<RecordsBody, WireError> {
         let log = self
             .shards
@@ -673,7 +680,7 @@ impl Core {
             .cloned()
             .ok_or_else(|| not_owned(shard))?;
         let quota = &self.config.quota;
-        if quota.enabled {
+        if quota.enabled && polled {
             let now = crate::tools::now_us();
             let admitted = self
                 .usage
@@ -702,7 +709,7 @@ impl Core {
             let usage = usage
                 .entry((stream_id, shard))
                 .or_insert_with(|| ShardUsage::new(quota, now));
-            if quota.enabled {
+            if quota.enabled && polled {
                 usage.charge_read(bytes);
             }
             usage.counters.records_out += out.records.len() as u64;

@@ -1,7 +1,7 @@
 """Per-shard quotas and on-demand scaling with boto3, against a spate started with
 [quota] enabled = true, write_records_per_second = 10, read_calls_per_second = 1,
-on_demand_split_percent = 1 and on_demand_window = "2 s" (the other rates at Kinesis's
-defaults).
+read_bytes_per_second = "100 KiB", on_demand_split_percent = 1 and on_demand_window =
+"2 s" (the other rates at Kinesis's defaults).
 Usage: python boto3_quota.py http://127.0.0.1:PORT
 """
 import sys
@@ -72,6 +72,29 @@ class Quota(unittest.TestCase):
         self.assertEqual(codes, [None, THROTTLED])
         time.sleep(1.1)
         self.assertEqual(len(k.get_records(ShardIterator=iterator)["Records"]), 1)
+
+    def test_fan_out_is_held_to_the_read_rate_per_consumer_and_shard(self):
+        k.create_stream(StreamName="quota-fan", ShardCount=1)
+        arn = k.describe_stream_summary(StreamName="quota-fan")["StreamDescriptionSummary"]["StreamARN"]
+        consumer = k.register_stream_consumer(StreamARN=arn, ConsumerName="c")["Consumer"]["ConsumerARN"]
+        records = [{"PartitionKey": "k", "Data": bytes([i]) * (100 * 1024)} for i in range(4)]
+        self.assertEqual(k.put_records(StreamName="quota-fan", Records=records)["FailedRecordCount"], 0)
+        started = time.time()
+        out = k.subscribe_to_shard(ConsumerARN=consumer, ShardId="shardId-000000000000",
+                                   StartingPosition={"Type": "TRIM_HORIZON"})
+        got = []
+        for event in out["EventStream"]:
+            got += event["SubscribeToShardEvent"]["Records"]
+            if len(got) >= 4:
+                break
+        elapsed = time.time() - started
+        out["EventStream"].close()
+        self.assertEqual([r["Data"][0] for r in got], [0, 1, 2, 3])
+        # 400 KiB at 100 KiB/s, with one second's worth to start from and one record let
+        # through on credit (an event carries at least one record): about 2 s; unthrottled
+        # it takes a tenth of that.
+        self.assertGreater(elapsed, 1.5, "fan-out ran past its read rate")
+        self.assertLess(elapsed, 10)
 
     def test_on_demand_streams_split_their_hot_shards(self):
         k.create_stream(StreamName="auto", StreamModeDetails={"StreamMode": "ON_DEMAND"})

@@ -6,6 +6,9 @@
 //! end, a last event with `ChildShards`; after the subscription's lifetime (5 minutes) the
 //! stream ends and the client subscribes again from its continuation point.
 //!
+//! With `[quota] enabled`, each subscription is held to the read rate per consumer and shard
+//! (Kinesis: 2 MiB/s), waiting rather than failing when it is ahead.
+//!
 //! The subscription runs as a task on the core holding the connection. Each step is one
 //! read on the shard's owner core, which waits there (without polling) until records past
 //! the position are durable and serves them from its in-memory tail when the subscriber is
@@ -52,6 +55,9 @@ struct Subscription {
     consumer: String,
     generation: u64,
     seq: u64,
+    /// With quotas on, bytes this consumer may still be sent from this shard this second
+    /// (Kinesis: 2 MiB/s per consumer per shard), and when it was last refilled.
+    budget: Option<(f64, Instant)>,
 }
 
 /// Checks a SubscribeToShard request, registers the subscription with the shard's owner
@@ -111,12 +117,16 @@ pub async fn start(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Events, Kin
         }
     };
     let (sender, events) = mpsc::channel(SUBSCRIPTION_EVENTS_QUEUED_MAX);
+    let quota = &core.config.quota;
     let subscription = Subscription {
         stream_id,
         shard: index,
         consumer: arn.to_string(),
         generation,
         seq,
+        budget: quota
+            .enabled
+            .then(|| (quota.read_bytes_per_s as f64, Instant::now())),
     };
     glommio::spawn_local(run(core.clone(), subscription, sender)).detach();
     Ok(events)
@@ -226,12 +236,28 @@ async fn step(
 ) -> Result<Option<(Bytes, bool)>, KinesisError> {
     let (stream_id, shard, seq) = (subscription.stream_id, subscription.shard, subscription.seq);
     let lease = (subscription.consumer.clone(), subscription.generation);
+    let bytes_max = match subscription.budget.as_mut() {
+        None => EVENT_BYTES_MAX,
+        Some((left, at)) => {
+            // Refill one second's worth at most, then wait until some is there.
+            let rate = core.config.quota.read_bytes_per_s as f64;
+            *left = (*left + at.elapsed().as_secs_f64() * rate).min(rate);
+            *at = Instant::now();
+            if *left < 1.0 {
+                let wait =
+                    Duration::from_secs_f64((1.0 - *left) / rate).max(Duration::from_millis(1));
+                glommio::timer::sleep(wait).await;
+                return Ok(None);
+            }
+            (*left as u32).clamp(1, EVENT_BYTES_MAX)
+        }
+    };
     let read = || CoreRequest::Read {
         stream_id,
         shard,
         position: StartPosition::AtSequence(seq),
         limit: READ_RECORDS_MAX as u32,
-        bytes_max: EVENT_BYTES_MAX,
+        bytes_max,
         wait_us: u64::try_from(wait.as_micros()).unwrap_or(u64::MAX),
         subscription: Some(lease.clone()),
     };
@@ -241,6 +267,14 @@ async fn step(
         _ => return Err(KinesisError::internal("Unexpected reply to a read")),
     };
     subscription.seq = body.next_seq.max(seq);
+    if let Some((left, _)) = subscription.budget.as_mut() {
+        let sent: usize = body
+            .records
+            .iter()
+            .map(|r| r.data.len() + r.partition_key.len())
+            .sum();
+        *left -= sent as f64;
+    }
     let snapshot = core.snapshot();
     let stream = snapshot
         .streams
