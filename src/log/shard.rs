@@ -609,7 +609,7 @@ impl ShardLog {
     /// tidiness (recovery copes without them), so failures are logged, not returned.
     async fn seal(&self, old: &Active, summary: &SegmentSummary) {
         let log_path = self.dir.join(segment::log_file_name(old.first_seq));
-        if let Err(error) = old.file.truncate(old.bytes).await {
+        if let Err(error) = files::truncate(&old.file, &log_path, old.bytes) {
             tracing::warn!(path = %log_path.display(), %error, "could not trim sealed segment");
         }
         let idx_path = self.dir.join(segment::index_file_name(old.first_seq));
@@ -1382,7 +1382,9 @@ async fn recover_last(
     } else {
         files::open_rw(&path).await?
     };
+    tracing::debug!(path = %path.display(), "recovery: reading the last segment");
     let bytes = files::read_whole_file(&file, &path).await?;
+    tracing::debug!(path = %path.display(), bytes = bytes.len(), "recovery: read");
     let scan = segment::scan(
         &bytes,
         first_seq,
@@ -1403,10 +1405,10 @@ async fn recover_last(
         );
     }
     if bytes.len() as u64 != scan.valid_bytes {
-        file.truncate(scan.valid_bytes)
-            .await
-            .map_err(io_err("truncate", &path))?;
+        files::truncate(&file, &path, scan.valid_bytes)?;
+        tracing::debug!(path = %path.display(), "recovery: truncated; syncing");
         file.fdatasync().await.map_err(io_err("fdatasync", &path))?;
+        tracing::debug!(path = %path.display(), "recovery: synced");
     }
     let valid = scan.valid_bytes as usize;
     let block_start = align_down(scan.valid_bytes) as usize;

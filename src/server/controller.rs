@@ -137,6 +137,7 @@ impl Controller {
             core.call(target, request)
         });
         for reply in join_all(calls).await {
+            tracing::debug!("a core adopted the catalog");
             match reply {
                 CoreReply::Applied(Ok(())) => {}
                 CoreReply::Applied(Err(message)) => return Err(message),

@@ -751,6 +751,7 @@ impl Core {
             // An older catalog overtaken by a newer one: nothing to do.
             return Ok(());
         }
+        tracing::debug!(core = self.id, epoch = catalog.epoch, "adopting a catalog");
         for stream in &deleted {
             for shard in &stream.shards {
                 let log = self.shards.borrow_mut().remove(&(stream.id, shard.index));
@@ -804,9 +805,11 @@ impl Core {
                     ..self.config.log.clone()
                 };
                 let dir = stream.shard_dir(&data_dir, shard.index);
+                tracing::debug!(core = self.id, dir = %dir.display(), "opening a shard");
                 let log = ShardLog::open(&dir, config, self.committer.clone())
                     .await
                     .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+                tracing::debug!(core = self.id, dir = %dir.display(), "opened a shard");
                 log.set_fenced(!shard.is_open());
                 self.shards.borrow_mut().insert(key, log);
             }

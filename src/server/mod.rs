@@ -164,6 +164,7 @@ async fn run_core(
         .join()
         .await
         .map_err(|_| "joining the core mesh".to_string())?;
+    tracing::debug!(core = id, "joined the core mesh");
     let controller = if id == 0 {
         let catalog = Catalog::load(&config.data_dir)
             .await

@@ -145,7 +145,11 @@ impl Server {
             ])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "error")
+            // SPATE_TEST_LOG=info (or debug) shows what the servers do while a test runs.
+            .env(
+                "RUST_LOG",
+                std::env::var("SPATE_TEST_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start spate serve");
