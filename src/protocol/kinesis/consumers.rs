@@ -10,7 +10,8 @@ use crate::limits::STREAM_CONSUMERS_MAX;
 use crate::protocol::kinesis::errors::KinesisError;
 use crate::protocol::kinesis::json::{Input, Out};
 use crate::protocol::kinesis::operations::{
-    control, decode_token, encode_token, find_stream, limit, not_found, stream_arn, stream_name,
+    control, decode_token, encode_token, find_stream, limit, not_found, require_stream_arn,
+    stream_arn, stream_name,
 };
 use crate::server::controller::ControlRequest;
 use crate::server::core::Core;
@@ -102,11 +103,7 @@ fn write_consumer(out: &mut Out, core: &Core, stream: &str, consumer: &ConsumerM
 }
 
 pub async fn register(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
-    if input.str("StreamARN")?.is_none() {
-        return Err(KinesisError::validation(
-            "1 validation error detected: Value null at 'streamARN' failed to satisfy constraint: Member must not be null",
-        ));
-    }
+    require_stream_arn(input)?;
     let name = stream_name(input)?;
     let consumer = input.required_str("ConsumerName")?;
     validate_consumer_name(consumer)?;
@@ -166,11 +163,7 @@ pub fn describe(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, Kines
 }
 
 pub fn list(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
-    if input.str("StreamARN")?.is_none() {
-        return Err(KinesisError::validation(
-            "1 validation error detected: Value null at 'streamARN' failed to satisfy constraint: Member must not be null",
-        ));
-    }
+    require_stream_arn(input)?;
     let name = stream_name(input)?;
     let page = limit(input, "MaxResults", 10_000, 100)?;
     let after = input.str("NextToken")?.map(decode_token).transpose()?;

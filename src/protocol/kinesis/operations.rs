@@ -159,6 +159,16 @@ pub(super) fn stream_name<'a>(input: &Input<'a, '_>) -> Result<&'a str, KinesisE
     ))
 }
 
+/// Operations whose model makes `StreamARN` required (a name alone will not do).
+pub(super) fn require_stream_arn(input: &Input<'_, '_>) -> Result<(), KinesisError> {
+    match input.str("StreamARN")? {
+        Some(_) => Ok(()),
+        None => Err(KinesisError::validation(
+            "1 validation error detected: Value null at 'streamARN' failed to satisfy constraint: Member must not be null",
+        )),
+    }
+}
+
 pub(super) fn not_found(core: &Core, name: &str) -> KinesisError {
     KinesisError::not_found(format!(
         "Stream {name} under account {} not found.",
@@ -701,11 +711,7 @@ async fn update_stream_mode(
     core: &Rc<Core>,
     input: &Input<'_, '_>,
 ) -> Result<Vec<u8>, KinesisError> {
-    if input.str("StreamARN")?.is_none() {
-        return Err(KinesisError::validation(
-            "1 validation error detected: Value null at 'streamARN' failed to satisfy constraint: Member must not be null",
-        ));
-    }
+    require_stream_arn(input)?;
     let name = stream_name(input)?;
     let mode = input.object("StreamModeDetails")?.ok_or_else(|| {
         KinesisError::validation(
@@ -1105,6 +1111,14 @@ pub(super) fn shard_ended(shard: &catalog::ShardMeta, next_seq: u64) -> bool {
     shard.closed.is_some_and(|end| next_seq >= end.end_seq)
 }
 
+/// Room for a JSON document carrying `records` (base64 grows data by a third).
+pub(super) fn records_capacity(records: &[crate::log::RecordOut]) -> usize {
+    256 + records
+        .iter()
+        .map(|r| r.data.len() * 4 / 3 + 200)
+        .sum::<usize>()
+}
+
 /// `"Records": [...]` as GetRecords and SubscribeToShard events carry them.
 pub(super) fn write_records(out: &mut Out, shard: u32, records: &[crate::log::RecordOut]) {
     out.array("Records");
@@ -1290,12 +1304,7 @@ async fn get_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
         issued_ms: now_ms,
         ..state
     });
-    let bytes: usize = body
-        .records
-        .iter()
-        .map(|r| r.data.len() * 4 / 3 + 200)
-        .sum();
-    let mut out = Out::with_capacity(256 + bytes);
+    let mut out = Out::with_capacity(records_capacity(&body.records));
     out.begin_object();
     write_records(&mut out, shard.index, &body.records);
     // A reader that has drained a closed shard gets no next iterator, and the shards

@@ -34,7 +34,7 @@ use crate::protocol::kinesis::errors::{KinesisError, from_wire};
 use crate::protocol::kinesis::eventstream;
 use crate::protocol::kinesis::json::{Input, Out};
 use crate::protocol::kinesis::operations::{
-    not_found, shard_ended, shard_not_found, write_child_shards, write_records,
+    not_found, records_capacity, shard_ended, shard_not_found, write_child_shards, write_records,
 };
 use crate::server::core::{Core, CoreReply, CoreRequest};
 use crate::server::requests::call_owner;
@@ -291,12 +291,7 @@ async fn step(
     let Some(last) = subscription.seq.checked_sub(1) else {
         return Ok(None);
     };
-    let bytes: usize = body
-        .records
-        .iter()
-        .map(|r| r.data.len() * 4 / 3 + 200)
-        .sum();
-    let mut out = Out::with_capacity(256 + bytes);
+    let mut out = Out::with_capacity(records_capacity(&body.records));
     out.begin_object();
     write_records(&mut out, shard, &body.records);
     out.str("ContinuationSequenceNumber", &sequence::render(shard, last))
