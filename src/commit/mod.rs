@@ -1,6 +1,7 @@
 //! Group commit: the core's committer decides when pending appends are written and made
-//! durable, and does it for every shard with pending data at once, so one fdatasync per
-//! touched file is shared by every append in the commit window. Owns the commit window, the
+//! durable, and does it for every shard with pending data at once, then syncs once for the
+//! whole round (fdatasync when the round wrote one file, syncfs when it wrote several), so
+//! one sync is shared by every append in the commit window, however many shards it spans. Owns the commit window, the
 //! bound on bytes awaiting commit (backpressure) and the commit counters. Does not know the
 //! byte layout (the shard log writes its own files). One committer per core, on that core.
 //!
@@ -25,7 +26,7 @@ use crate::limits::{
     PENDING_BYTES_MAX_DEFAULT,
 };
 use crate::log::files::IoError;
-use crate::log::shard::ShardLog;
+use crate::log::shard::{ShardLog, SyncTarget, Written};
 
 /// When and how a core commits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +69,7 @@ pub struct CommitStats {
     pub batches: u64,
     /// Bytes written (batches only, not block padding).
     pub bytes: u64,
-    /// fdatasync calls issued.
+    /// Sync calls issued: fdatasync, or one syncfs for a round that wrote several files.
     pub fsyncs: u64,
     /// Commits that failed.
     pub failures: u64,
@@ -252,12 +253,19 @@ impl Committer {
         self.queued_bytes.set(0);
         let started = Instant::now();
         self.last_start.set(Some(started));
-        let sync = !self.config.ack_before_sync;
-        let results = join_all(shards.iter().map(|shard| shard.commit(sync))).await;
+        let written = join_all(shards.iter().map(|shard| shard.write_pending())).await;
+        let synced = if self.config.ack_before_sync {
+            SyncOutcome::default()
+        } else {
+            sync_round(written.iter().flatten().filter_map(Written::sync_target)).await
+        };
         let mut stats = self.stats.get();
         stats.commits += 1;
-        for (taken_bytes, result) in results {
-            match result {
+        stats.fsyncs += synced.syncs;
+        for (shard, written) in shards.iter().zip(written) {
+            let Some(written) = written else { continue };
+            let taken_bytes = written.taken_bytes;
+            match shard.finish_commit(written, synced.result.clone()) {
                 Ok(done) => {
                     stats.batches += done.batches;
                     stats.bytes += done.bytes;
@@ -272,6 +280,76 @@ impl Committer {
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let _ = self.round_latency.borrow_mut().record(micros.max(1));
     }
+}
+
+/// What a round's sync did: how many sync calls it issued, and whether all succeeded.
+struct SyncOutcome {
+    syncs: u64,
+    result: Result<(), IoError>,
+}
+
+impl Default for SyncOutcome {
+    fn default() -> SyncOutcome {
+        SyncOutcome {
+            syncs: 0,
+            result: Ok(()),
+        }
+    }
+}
+
+/// Makes every written file of a round durable with one sync per device: fdatasync when
+/// the round wrote one file there, syncfs when it wrote several. A round over a thousand
+/// shards then costs one journal commit and one cache flush, not a thousand fdatasyncs
+/// queued behind io_uring's few blocking workers. syncfs also writes back whatever else
+/// is dirty on that file system (other programs' buffered writes), which costs time but
+/// never correctness; the server's own files are O_DIRECT or already synced.
+async fn sync_round<'a>(targets: impl Iterator<Item = &'a SyncTarget>) -> SyncOutcome {
+    let mut devices: Vec<(u64, &SyncTarget, usize)> = Vec::new();
+    for target in targets {
+        match devices
+            .iter_mut()
+            .find(|(device, ..)| *device == target.device)
+        {
+            Some((_, _, files)) => *files += 1,
+            None => devices.push((target.device, target, 1)),
+        }
+    }
+    let syncs = devices.len() as u64;
+    let results = join_all(devices.into_iter().map(|(_, target, files)| async move {
+        if files == 1 {
+            let file = &target.file;
+            file.fdatasync()
+                .await
+                .map_err(|e| IoError::new("fdatasync", &target.path, e))
+        } else {
+            syncfs(target).await
+        }
+    }))
+    .await;
+    let result = results.into_iter().collect::<Result<Vec<()>, IoError>>();
+    SyncOutcome {
+        syncs,
+        result: result.map(|_| ()),
+    }
+}
+
+/// syncfs(2) on the file system holding `target`, on glommio's blocking-syscall thread
+/// (io_uring has no syncfs), so the core goes on serving while it runs.
+async fn syncfs(target: &SyncTarget) -> Result<(), IoError> {
+    use std::os::fd::AsRawFd;
+    // The descriptor stays open: `target` (and its Rc<DmaFile>) outlives the await.
+    let fd = target.file.as_raw_fd();
+    let result = glommio::executor()
+        .spawn_blocking(move || {
+            // SAFETY: syncfs only reads the descriptor, which is open for the whole call.
+            if unsafe { libc::syncfs(fd) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+        .await;
+    result.map_err(|e| IoError::new("syncfs", &target.path, e))
 }
 
 /// A level-triggered wake-up for one waiting task on the same core.

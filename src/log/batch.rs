@@ -243,8 +243,13 @@ pub fn validate_key(index: usize, key: &[u8]) -> Result<(), LimitError> {
             chars: key.len(),
         });
     }
-    let text = std::str::from_utf8(key).map_err(|_| LimitError::KeyNotUtf8 { index })?;
-    let chars = text.chars().count();
+    // Keys are nearly always ASCII, where a byte is a character: one cheap pass.
+    let chars = if key.is_ascii() {
+        key.len()
+    } else {
+        let text = std::str::from_utf8(key).map_err(|_| LimitError::KeyNotUtf8 { index })?;
+        text.chars().count()
+    };
     if !(PARTITION_KEY_CHARS_MIN..=PARTITION_KEY_CHARS_MAX).contains(&chars) {
         return Err(LimitError::KeyLength { index, chars });
     }

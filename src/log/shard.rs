@@ -2,7 +2,7 @@
 //! Owns sequence numbering, the pending (appended, not yet durable) batches, the segment
 //! files and their indexes, the in-memory tail, reads, retention and recovery on open.
 //! Does not decide when to commit: the core's [`Committer`] does, and calls
-//! [`ShardLog::commit`]. Runs only on the shard's owner core; nothing here is `Send`.
+//! [`ShardLog::write_pending`], syncs, then [`ShardLog::finish_commit`]. Runs only on the shard's owner core; nothing here is `Send`.
 //!
 //! Positions: `next_seq` is the next sequence number to assign; `durable_next_seq` is one
 //! past the last record whose bytes were made durable. Readers never see a record at or
@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -135,6 +136,8 @@ pub enum ReadError {
 /// One shard's log. Create with [`ShardLog::open`]; share as `Rc` on the owner core.
 pub struct ShardLog {
     dir: PathBuf,
+    /// The device (st_dev) holding `dir`: the committer syncs once per device.
+    device: u64,
     config: LogConfig,
     committer: Rc<Committer>,
     /// Whether this shard is on the committer's list for the next commit.
@@ -215,6 +218,30 @@ struct CachedBatch {
     bytes: Bytes,
 }
 
+/// One shard's part of a commit round, written but not yet synced.
+pub(crate) struct Written {
+    /// Bytes taken off the pending list, whose reservation the committer gives back.
+    pub taken_bytes: usize,
+    batches: Vec<Pending>,
+    outcome: Result<SyncTarget, IoError>,
+}
+
+impl Written {
+    /// The file the round's sync must cover; `None` when the write already failed.
+    pub(crate) fn sync_target(&self) -> Option<&SyncTarget> {
+        self.outcome.as_ref().ok()
+    }
+}
+
+/// A file with written but unsynced bytes, and the device it lives on.
+pub(crate) struct SyncTarget {
+    pub file: Rc<DmaFile>,
+    pub path: PathBuf,
+    pub device: u64,
+    /// fdatasyncs already issued for this shard in the round (before segment rolls).
+    fsyncs: u64,
+}
+
 /// What one shard's part of a commit did, for the committer's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShardCommit {
@@ -281,8 +308,10 @@ impl ShardLog {
             fenced: false,
         };
         let retention_hours = config.retention_hours;
+        let device = std::fs::metadata(dir).map_err(io_err("stat", dir))?.dev();
         Ok(Rc::new(ShardLog {
             dir: dir.to_path_buf(),
+            device,
             config,
             committer,
             queued: Cell::new(false),
@@ -427,35 +456,47 @@ impl ShardLog {
         self.state.borrow().fenced
     }
 
-    /// Writes every pending batch to its segment (rolling segments as needed) and, when
-    /// `sync`, makes it durable with one fdatasync per file written; then releases the
-    /// appends it covered. Called only by the committer, one commit at a time. Returns the
-    /// bytes it took off the pending list, so the committer can return their reservation.
-    ///
-    /// # Errors
-    /// The I/O error of the first step that failed. The shard is then marked failed, and
-    /// every waiting append gets the error: after a failed fdatasync the state of the file
-    /// is unknown, so nothing more is acknowledged.
-    pub(crate) async fn commit(&self, sync: bool) -> (usize, Result<ShardCommit, CommitError>) {
+    /// Writes every pending batch to its segment (rolling segments as needed), without the
+    /// final sync: the committer syncs every shard of the round at once (one sync per core,
+    /// see [`crate::commit`]) and then calls [`ShardLog::finish_commit`]. A run that fills a
+    /// segment is synced before the roll, so only the newest file can hold unsynced bytes.
+    /// Called only by the committer, one commit at a time. `None` when nothing is pending.
+    pub(crate) async fn write_pending(&self) -> Option<Written> {
         let (batches, taken_bytes) = {
             let mut state = self.state.borrow_mut();
             if state.pending.is_empty() {
-                return (0, Ok(ShardCommit::default()));
+                return None;
             }
             state.in_commit = true;
             state.open_commit_id = state.open_commit_id.wrapping_add(1);
             let taken_bytes = std::mem::take(&mut state.pending_bytes);
             (std::mem::take(&mut state.pending), taken_bytes)
         };
-        (taken_bytes, self.finish_commit(batches, sync).await)
+        let outcome = self.write_batches(&batches).await;
+        Some(Written {
+            taken_bytes,
+            batches,
+            outcome,
+        })
     }
 
-    async fn finish_commit(
+    /// Completes a commit after the round's sync: `synced` is its outcome (`Ok` too when
+    /// the committer acknowledges before sync). On success the batches become durable and
+    /// readable and the appends they cover are released.
+    ///
+    /// # Errors
+    /// The I/O error of the write or the sync. The shard is then marked failed, and every
+    /// waiting append gets the error: after a failed fdatasync the state of the file is
+    /// unknown, so nothing more is acknowledged.
+    pub(crate) fn finish_commit(
         &self,
-        batches: Vec<Pending>,
-        sync: bool,
+        written: Written,
+        synced: Result<(), IoError>,
     ) -> Result<ShardCommit, CommitError> {
-        let result = self.write_batches(&batches, sync).await;
+        let Written {
+            batches, outcome, ..
+        } = written;
+        let result = outcome.and_then(|target| synced.map(|()| target.fsyncs));
         let mut state = self.state.borrow_mut();
         state.in_commit = false;
         match result {
@@ -501,12 +542,13 @@ impl ShardLog {
         }
     }
 
-    /// Writes `batches` in runs, one run per segment, rolling between runs. Returns the
-    /// number of fdatasyncs issued.
-    async fn write_batches(&self, batches: &[Pending], sync: bool) -> Result<u64, IoError> {
+    /// Writes `batches` in runs, one run per segment, rolling between runs; every run but
+    /// the last is fdatasync'd before its roll. Returns the file of the last run, which
+    /// the round's sync must cover.
+    async fn write_batches(&self, batches: &[Pending]) -> Result<SyncTarget, IoError> {
         let mut fsyncs = 0;
         let mut start = 0;
-        while start < batches.len() {
+        loop {
             let (file, bytes, tail) = {
                 let state = self.state.borrow();
                 let active = &state.active;
@@ -523,20 +565,28 @@ impl ShardLog {
                 run_bytes += len;
                 end += 1;
             }
+            let path = self.active_path();
             if end > start {
                 let run = &batches[start..end];
-                let path = self.active_path();
                 self.preallocate(&file, &path, bytes + run_bytes).await?;
-                let new_tail = write_run(&file, &path, bytes, &tail, run, sync).await?;
-                fsyncs += u64::from(sync);
+                let new_tail = write_run(&file, &path, bytes, &tail, run).await?;
                 self.apply_run(run, bytes, new_tail);
             }
-            if let Some(next) = batches.get(end) {
-                self.roll(next.first_seq).await?;
+            let Some(next) = batches.get(end) else {
+                return Ok(SyncTarget {
+                    file,
+                    path,
+                    device: self.device,
+                    fsyncs,
+                });
+            };
+            if end > start {
+                file.fdatasync().await.map_err(io_err("fdatasync", &path))?;
+                fsyncs += 1;
             }
+            self.roll(next.first_seq).await?;
             start = end;
         }
-        Ok(fsyncs)
     }
 
     /// Grows the active file's allocation ahead of the writes, doubling each time (from
@@ -1072,7 +1122,6 @@ async fn write_run(
     bytes: u64,
     block_tail: &[u8],
     run: &[Pending],
-    sync: bool,
 ) -> Result<Vec<u8>, IoError> {
     debug_assert_eq!(align_down(bytes) + block_tail.len() as u64, bytes);
     let run_bytes: usize = run.iter().map(|p| p.bytes.len()).sum();
@@ -1121,9 +1170,6 @@ async fn write_run(
     }
     for result in futures::future::join_all(writes).await {
         result?;
-    }
-    if sync {
-        file.fdatasync().await.map_err(io_err("fdatasync", path))?;
     }
     Ok(new_tail)
 }

@@ -148,7 +148,11 @@ pub fn render(cores: &[CoreMetrics]) -> String {
             "Requests refused by a quota",
             |c| c.throttles,
         ),
-        ("spate_fsyncs_total", "fdatasync calls", |c| c.fsyncs),
+        (
+            "spate_fsyncs_total",
+            "Sync calls: fdatasync, or one syncfs for a commit round over several files",
+            |c| c.fsyncs,
+        ),
         ("spate_commits_total", "Group-commit rounds", |c| c.commits),
         (
             "spate_commit_batches_total",

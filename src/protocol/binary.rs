@@ -745,6 +745,8 @@ impl Response {
     fn encode_body(&self, out: &mut BytesMut) {
         match self {
             Response::Put(results) => {
+                // Room for every record succeeding (status, shard, sequence): one allocation.
+                out.reserve(2 + results.len() * 14);
                 out.put_u16_le(results.len() as u16);
                 for result in results {
                     match result {

@@ -104,7 +104,11 @@ async fn append_once(
     let mut sub_batches: Vec<Vec<(u32, Vec<RecordIn>)>> = plan
         .shards
         .iter()
-        .map(|shards| shards.iter().map(|&s| (s, Vec::new())).collect())
+        .zip(&plan.counts)
+        .map(|(shards, counts)| {
+            let sized = shards.iter().zip(counts);
+            sized.map(|(&s, &n)| (s, Vec::with_capacity(n))).collect()
+        })
         .collect();
     let mut order: Vec<usize> = Vec::with_capacity(todo.len());
     for ((index, record), &(core_slot, batch_slot)) in todo.into_iter().zip(&plan.slots) {
@@ -170,16 +174,19 @@ async fn append_once(
 }
 
 /// Where each record of a put goes: owner cores, the shards per core, and for each record
-/// (in request order) its core slot and sub-batch slot.
+/// (in request order) its core slot and sub-batch slot; `counts` mirrors `shards` with
+/// each sub-batch's record count, so every sub-batch is allocated once.
 struct Plan {
     cores: Vec<u16>,
     shards: Vec<Vec<u32>>,
+    counts: Vec<Vec<usize>>,
     slots: Vec<(usize, usize)>,
 }
 
 fn plan(placement: &[(u16, u32)]) -> Plan {
     let mut cores: Vec<u16> = Vec::new();
     let mut shards: Vec<Vec<u32>> = Vec::new();
+    let mut counts: Vec<Vec<usize>> = Vec::new();
     let mut slots = Vec::with_capacity(placement.len());
     for &(owner, shard) in placement {
         let core_slot = match cores.iter().position(|&c| c == owner) {
@@ -187,6 +194,7 @@ fn plan(placement: &[(u16, u32)]) -> Plan {
             None => {
                 cores.push(owner);
                 shards.push(Vec::new());
+                counts.push(Vec::new());
                 cores.len() - 1
             }
         };
@@ -194,14 +202,17 @@ fn plan(placement: &[(u16, u32)]) -> Plan {
             Some(slot) => slot,
             None => {
                 shards[core_slot].push(shard);
+                counts[core_slot].push(0);
                 shards[core_slot].len() - 1
             }
         };
+        counts[core_slot][batch_slot] += 1;
         slots.push((core_slot, batch_slot));
     }
     Plan {
         cores,
         shards,
+        counts,
         slots,
     }
 }
