@@ -16,7 +16,12 @@ const SHARD_SHIFT: u32 = 64;
 
 /// Renders a shard's log sequence number as a Kinesis sequence number string.
 pub fn render(shard_index: u32, seq: u64) -> String {
-    (TAG | (u128::from(shard_index) << SHARD_SHIFT) | u128::from(seq)).to_string()
+    value(shard_index, seq).to_string()
+}
+
+/// The integer a Kinesis sequence number string spells in decimal.
+pub fn value(shard_index: u32, seq: u64) -> u128 {
+    TAG | (u128::from(shard_index) << SHARD_SHIFT) | u128::from(seq)
 }
 
 /// Parses a sequence number string into (shard index, log sequence number); `None` when

@@ -1,22 +1,24 @@
-//! JSON in and out for the Kinesis API. In: typed accessors over a simd-json borrowed
-//! document, each failing with the Kinesis error a client expects (a wrong type is a
+//! JSON in and out for the Kinesis API. In: typed accessors over a simd-json tape (one
+//! flat vector of nodes per request, strings borrowed from the request buffer, no
+//! allocation per object), each failing with the Kinesis error a client expects (a wrong type is a
 //! `SerializationException`, a missing required member a `ValidationException`). Out: a
 //! small writer, so responses are built straight into one buffer without serde.
 
-use simd_json::BorrowedValue;
 use simd_json::prelude::*;
+use simd_json::tape::{Array, Value};
 
 use crate::protocol::kinesis::errors::KinesisError;
 
 /// The request document: a JSON object.
+#[derive(Clone, Copy)]
 pub struct Input<'a, 'v> {
-    object: &'a BorrowedValue<'v>,
+    object: Value<'a, 'v>,
 }
 
 impl<'a, 'v> Input<'a, 'v> {
     /// # Errors
     /// `SerializationException` when the document is not an object.
-    pub fn new(value: &'a BorrowedValue<'v>) -> Result<Input<'a, 'v>, KinesisError> {
+    pub fn new(value: Value<'a, 'v>) -> Result<Input<'a, 'v>, KinesisError> {
         if value.as_object().is_none() {
             return Err(KinesisError::serialization(
                 "Request body must be a JSON object",
@@ -25,17 +27,17 @@ impl<'a, 'v> Input<'a, 'v> {
         Ok(Input { object: value })
     }
 
-    fn member(&self, name: &str) -> Option<&'a BorrowedValue<'v>> {
+    fn member(&self, name: &str) -> Option<Value<'a, 'v>> {
         self.object.get(name).filter(|v| !v.is_null())
     }
 
     /// # Errors
     /// `SerializationException` when present but not a string.
-    pub fn str(&self, name: &str) -> Result<Option<&'a str>, KinesisError> {
+    pub fn str(&self, name: &str) -> Result<Option<&'v str>, KinesisError> {
         match self.member(name) {
             None => Ok(None),
             Some(value) => value
-                .as_str()
+                .into_string()
                 .map(Some)
                 .ok_or_else(|| type_error(name, "string")),
         }
@@ -43,7 +45,7 @@ impl<'a, 'v> Input<'a, 'v> {
 
     /// # Errors
     /// `ValidationException` when missing; `SerializationException` when not a string.
-    pub fn required_str(&self, name: &str) -> Result<&'a str, KinesisError> {
+    pub fn required_str(&self, name: &str) -> Result<&'v str, KinesisError> {
         self.str(name)?.ok_or_else(|| missing(name))
     }
 
@@ -105,24 +107,24 @@ impl<'a, 'v> Input<'a, 'v> {
     pub fn entries(
         &self,
         name: &str,
-    ) -> Result<Option<Vec<(&'a str, &'a BorrowedValue<'v>)>>, KinesisError> {
+    ) -> Result<Option<Vec<(&'v str, Value<'a, 'v>)>>, KinesisError> {
         match self.member(name) {
             None => Ok(None),
             Some(value) => value
-                .as_object()
-                .map(|o| Some(o.iter().map(|(k, v)| (k.as_ref(), v)).collect()))
+                .into_object()
+                .map(|o| Some(o.iter().collect()))
                 .ok_or_else(|| type_error(name, "map")),
         }
     }
 
     /// # Errors
     /// `SerializationException` when present but not a list.
-    pub fn array(&self, name: &str) -> Result<Option<&'a [BorrowedValue<'v>]>, KinesisError> {
+    pub fn array(&self, name: &str) -> Result<Option<Array<'a, 'v>>, KinesisError> {
         match self.member(name) {
             None => Ok(None),
             Some(value) => value
-                .as_array()
-                .map(|a| Some(a.as_slice()))
+                .into_array()
+                .map(Some)
                 .ok_or_else(|| type_error(name, "list")),
         }
     }
@@ -231,7 +233,8 @@ impl Out {
 
     pub fn int(&mut self, key: &str, value: i64) -> &mut Out {
         self.key(key);
-        self.buffer.extend_from_slice(value.to_string().as_bytes());
+        self.buffer
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         self
     }
 
@@ -247,8 +250,12 @@ impl Out {
     pub fn timestamp(&mut self, key: &str, micros: u64) -> &mut Out {
         self.key(key);
         let millis = micros / 1000;
-        let text = format!("{}.{:03}", millis / 1000, millis % 1000);
-        self.buffer.extend_from_slice(text.as_bytes());
+        let fraction = (millis % 1000) as usize;
+        self.buffer
+            .extend_from_slice(itoa::Buffer::new().format(millis / 1000).as_bytes());
+        let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
+        self.buffer.push(b'.');
+        self.buffer.extend(digits.map(|d| b'0' + d as u8));
         self
     }
 
@@ -256,32 +263,66 @@ impl Out {
     pub fn base64(&mut self, key: &str, data: &[u8]) -> &mut Out {
         self.key(key);
         self.buffer.push(b'"');
-        let start = self.buffer.len();
-        let length = base64_simd::STANDARD.encoded_length(data.len());
-        self.buffer.resize(start + length, 0);
-        let target = base64_simd::Out::from_slice(&mut self.buffer[start..]);
-        let _ = base64_simd::STANDARD.encode(data, target);
+        base64_simd::STANDARD.encode_append(data, &mut self.buffer);
         self.buffer.push(b'"');
         self
     }
 
     fn string_raw(&mut self, value: &str) {
+        self.buffer.reserve(value.len() + 2);
         self.buffer.push(b'"');
-        for &byte in value.as_bytes() {
-            match byte {
-                b'"' => self.buffer.extend_from_slice(b"\\\""),
-                b'\\' => self.buffer.extend_from_slice(b"\\\\"),
-                b'\n' => self.buffer.extend_from_slice(b"\\n"),
-                b'\r' => self.buffer.extend_from_slice(b"\\r"),
-                b'\t' => self.buffer.extend_from_slice(b"\\t"),
-                0..=0x1f => {
-                    self.buffer
-                        .extend_from_slice(format!("\\u{byte:04x}").as_bytes());
-                }
-                _ => self.buffer.push(byte),
+        let bytes = value.as_bytes();
+        // Copy runs that need no escape in one go; escape the rest byte by byte.
+        let mut run = 0;
+        for (at, &byte) in bytes.iter().enumerate() {
+            let escape: &[u8] = match byte {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..=0x1f => b"",
+                _ => continue,
+            };
+            self.buffer.extend_from_slice(&bytes[run..at]);
+            run = at + 1;
+            if escape.is_empty() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let code = [HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]];
+                self.buffer.extend_from_slice(b"\\u00");
+                self.buffer.extend_from_slice(&code);
+            } else {
+                self.buffer.extend_from_slice(escape);
             }
         }
+        self.buffer.extend_from_slice(&bytes[run..]);
         self.buffer.push(b'"');
+    }
+
+    /// A string member whose value is the decimal digits of `value` (sequence numbers are
+    /// 128-bit integers rendered as strings), written without an intermediate String.
+    pub fn decimal_str(&mut self, key: &str, value: u128) -> &mut Out {
+        self.key(key);
+        let mut digits = itoa::Buffer::new();
+        self.buffer.push(b'"');
+        self.buffer
+            .extend_from_slice(digits.format(value).as_bytes());
+        self.buffer.push(b'"');
+        self
+    }
+
+    /// A shard id member (`shardId-` and twelve digits) written in place.
+    pub fn shard_id(&mut self, key: &str, index: u32) -> &mut Out {
+        self.key(key);
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(index).as_bytes();
+        self.buffer.extend_from_slice(b"\"shardId-");
+        for _ in digits.len()..12 {
+            self.buffer.push(b'0');
+        }
+        self.buffer.extend_from_slice(digits);
+        self.buffer.push(b'"');
+        self
     }
 }
 
@@ -308,8 +349,8 @@ mod tests {
         let mut bytes = out.into_bytes();
         let text = String::from_utf8(bytes.clone()).expect("utf8");
         assert!(text.contains("\"At\":1700000000.123"), "{text}");
-        let value = simd_json::to_borrowed_value(&mut bytes).expect("valid JSON");
-        let input = Input::new(&value).expect("object");
+        let tape = simd_json::to_tape(&mut bytes).expect("valid JSON");
+        let input = Input::new(tape.as_value()).expect("object");
         assert_eq!(input.str("Name").ok().flatten(), Some("a\"b\\c\n\u{1}"));
         assert_eq!(input.str("Data").ok().flatten(), Some("aGVsbG8="));
         assert_eq!(input.int("Count").ok().flatten(), Some(-3));

@@ -162,10 +162,10 @@ async fn serve(core: &Rc<Core>, request: Request<Incoming>) -> Result<Reply, Kin
     }
     // simd-json parses in place, so it needs a mutable copy of the body.
     let mut document = body.to_vec();
-    let value = core
-        .json_buffers(|buffers| simd_json::to_borrowed_value_with_buffers(&mut document, buffers))
+    let tape = core
+        .json_buffers(|buffers| simd_json::to_tape_with_buffers(&mut document, buffers))
         .map_err(|e| KinesisError::serialization(format!("Request body is not valid JSON: {e}")))?;
-    let input = json::Input::new(&value)?;
+    let input = json::Input::new(tape.as_value())?;
     if operation == "SubscribeToShard" {
         return subscribe::start(core, &input).await.map(Reply::Events);
     }

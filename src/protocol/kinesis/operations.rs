@@ -4,8 +4,6 @@
 
 use std::rc::Rc;
 
-use bytes::BytesMut;
-use simd_json::BorrowedValue;
 use simd_json::prelude::*;
 
 use crate::catalog::{self, StreamMeta, parse_shard_id, sequence, shard_id};
@@ -820,7 +818,7 @@ async fn retention(
 }
 
 fn parse_tags(
-    entries: &[(&str, &BorrowedValue<'_>)],
+    entries: &[(&str, simd_json::tape::Value<'_, '_>)],
 ) -> Result<Vec<(String, String)>, KinesisError> {
     if entries.is_empty() || entries.len() > 200 {
         return Err(KinesisError::validation(
@@ -930,10 +928,10 @@ fn list_tags(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisE
 
 // ---- data plane ----
 
-/// One record of a put, checked and decoded.
-struct Decoded {
-    key: (usize, usize),
-    data: (usize, usize),
+/// One record of a put, checked, before its payload is decoded.
+struct Checked<'a> {
+    key: &'a str,
+    data: &'a str,
     hash: Option<u128>,
 }
 
@@ -951,12 +949,15 @@ fn decode_records(
     records: &[&Input<'_, '_>],
     path: &dyn Fn(usize, &str) -> String,
 ) -> Result<Vec<PutEntry>, KinesisError> {
-    let mut buffer = BytesMut::new();
-    let mut decoded = Vec::with_capacity(records.len());
+    let mut checked = Vec::with_capacity(records.len());
     let mut total = 0usize;
     for (i, record) in records.iter().enumerate() {
         let key = record.required_str("PartitionKey")?;
-        let chars = key.chars().count();
+        let chars = if key.is_ascii() {
+            key.len()
+        } else {
+            key.chars().count()
+        };
         if chars == 0 || chars > PARTITION_KEY_CHARS_MAX {
             return Err(KinesisError::validation(format!(
                 "1 validation error detected: Value '{key}' at '{}' failed to satisfy constraint: \
@@ -987,36 +988,36 @@ fn decode_records(
             .map(parse_hash_key)
             .transpose()?;
         total += size + key.len();
-        let key_start = buffer.len();
-        buffer.extend_from_slice(key.as_bytes());
-        let data_start = buffer.len();
-        buffer.resize(data_start + size, 0);
-        base64_simd::STANDARD
-            .decode(
-                data.as_bytes(),
-                base64_simd::Out::from_slice(&mut buffer[data_start..]),
-            )
-            .map_err(|_| {
-                KinesisError::serialization(format!("Invalid base64 in {}", path(i, "data")))
-            })?;
-        decoded.push(Decoded {
-            key: (key_start, data_start),
-            data: (data_start, data_start + size),
-            hash,
-        });
+        checked.push(Checked { key, data, hash });
     }
     if total > BATCH_BYTES_MAX {
         return Err(KinesisError::invalid_argument(format!(
             "Records size of {total} bytes exceeds the limit of {BATCH_BYTES_MAX} bytes (5 MiB)"
         )));
     }
-    let buffer = buffer.freeze();
-    Ok(decoded
-        .into_iter()
-        .map(|d| PutEntry {
-            partition_key: buffer.slice(d.key.0..d.key.1),
-            data: buffer.slice(d.data.0..d.data.1),
-            explicit_hash_key: d.hash,
+    // Every key and payload goes into one buffer, allocated once at its final size and
+    // written once (base64 decodes straight into its spare room).
+    let mut buffer: Vec<u8> = Vec::with_capacity(total);
+    let mut spans = Vec::with_capacity(checked.len());
+    for (i, record) in checked.iter().enumerate() {
+        let key_start = buffer.len();
+        buffer.extend_from_slice(record.key.as_bytes());
+        let data_start = buffer.len();
+        base64_simd::STANDARD
+            .decode_append(record.data.as_bytes(), &mut buffer)
+            .map_err(|_| {
+                KinesisError::serialization(format!("Invalid base64 in {}", path(i, "data")))
+            })?;
+        spans.push((key_start, data_start, buffer.len()));
+    }
+    let buffer = bytes::Bytes::from(buffer);
+    Ok(checked
+        .iter()
+        .zip(spans)
+        .map(|(record, (key, data, end))| PutEntry {
+            partition_key: buffer.slice(key..data),
+            data: buffer.slice(data..end),
+            explicit_hash_key: record.hash,
         })
         .collect())
 }
@@ -1045,8 +1046,8 @@ async fn put_record(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, K
         .map_err(from_wire)?;
     let mut out = Out::with_capacity(128);
     out.begin_object()
-        .str("ShardId", &shard_id(shard))
-        .str("SequenceNumber", &sequence::render(shard, seq))
+        .shard_id("ShardId", shard)
+        .decimal_str("SequenceNumber", sequence::value(shard, seq))
         .str("EncryptionType", "NONE")
         .end_object();
     Ok(out.into_bytes())
@@ -1070,10 +1071,7 @@ async fn put_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
             }
         )));
     }
-    let inputs: Vec<Input<'_, '_>> = records
-        .iter()
-        .map(|r: &BorrowedValue<'_>| Input::new(r))
-        .collect::<Result<_, _>>()?;
+    let inputs: Vec<Input<'_, '_>> = records.iter().map(Input::new).collect::<Result<_, _>>()?;
     let refs: Vec<&Input<'_, '_>> = inputs.iter().collect();
     let path = |i: usize, member: &str| format!("records.{}.member.{member}", i + 1);
     let entries = decode_records(&refs, &path)?;
@@ -1088,8 +1086,8 @@ async fn put_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
         out.begin_object();
         match result {
             Ok((shard, seq)) => {
-                out.str("SequenceNumber", &sequence::render(shard, seq))
-                    .str("ShardId", &shard_id(shard));
+                out.decimal_str("SequenceNumber", sequence::value(shard, seq))
+                    .shard_id("ShardId", shard);
             }
             Err(error) if error.status == Status::Throttled => {
                 out.str("ErrorCode", "ProvisionedThroughputExceededException")
@@ -1124,7 +1122,7 @@ pub(super) fn write_records(out: &mut Out, shard: u32, records: &[crate::log::Re
     out.array("Records");
     for record in records {
         out.begin_object()
-            .str("SequenceNumber", &sequence::render(shard, record.seq))
+            .decimal_str("SequenceNumber", sequence::value(shard, record.seq))
             .timestamp("ApproximateArrivalTimestamp", record.arrival_us)
             .base64("Data", &record.data)
             .str(
