@@ -101,6 +101,10 @@ impl Read for HyperIo {
         // SAFETY: we only write initialised bytes into the cursor's unfilled part: it is
         // zeroed first, then read into, and `advance` counts only the bytes read.
         let unfilled = unsafe { buf.as_mut() };
+        // hyper offers its whole spare buffer (hundreds of KiB once it has grown); zeroing
+        // all of it on every read cost more than the read. One read takes at most this much.
+        let limit = unfilled.len().min(READ_CHUNK_BYTES);
+        let unfilled = &mut unfilled[..limit];
         for byte in unfilled.iter_mut() {
             byte.write(0);
         }
@@ -120,6 +124,9 @@ impl Read for HyperIo {
         }
     }
 }
+
+/// Most bytes one read from a connection hands to hyper.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 impl Write for HyperIo {
     fn poll_write(

@@ -19,7 +19,7 @@ mod subscribe;
 
 use std::rc::Rc;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes};
 use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -152,16 +152,18 @@ async fn serve(core: &Rc<Core>, request: Request<Incoming>) -> Result<Reply, Kin
                 KinesisError::serialization(format!("Could not read the request body: {e}"))
             }
         })?
-        .to_bytes();
+        .aggregate();
+    // simd-json parses in place, so the body's chunks are copied, once, into one mutable
+    // buffer.
+    let mut document = Vec::with_capacity(body.remaining());
+    document.put(body);
     let now_s = i64::try_from(crate::tools::now_us() / 1_000_000).unwrap_or(i64::MAX);
-    auth::check(&parts, &body, &core.config.auth_keys, now_s)?;
-    if body.is_empty() {
+    auth::check(&parts, &document, &core.config.auth_keys, now_s)?;
+    if document.is_empty() {
         return Err(KinesisError::serialization(
             "Request body is empty; send {} at least",
         ));
     }
-    // simd-json parses in place, so it needs a mutable copy of the body.
-    let mut document = body.to_vec();
     let tape = core
         .json_buffers(|buffers| simd_json::to_tape_with_buffers(&mut document, buffers))
         .map_err(|e| KinesisError::serialization(format!("Request body is not valid JSON: {e}")))?;
