@@ -4,6 +4,7 @@
 //! shard data. Control plane only: the put path reads a snapshot, never this module's
 //! mutation code.
 
+pub mod md5x8;
 pub mod sequence;
 
 use std::collections::BTreeMap;
