@@ -1,8 +1,9 @@
 //! Group commit: the core's committer decides when pending appends are written and made
 //! durable, and does it for every shard with pending data at once, then syncs once for the
 //! whole round (fdatasync when the round wrote one file, syncfs when it wrote several), so
-//! one sync is shared by every append in the commit window, however many shards it spans. Owns the commit window, the
-//! bound on bytes awaiting commit (backpressure) and the commit counters. Does not know the
+//! one sync is shared by every append in the commit window, however many shards it spans.
+//! Owns the commit window, the bound on bytes awaiting commit (backpressure) and the
+//! commit counters. Does not know the
 //! byte layout (the shard log writes its own files). One committer per core, on that core.
 //!
 //! The window: a commit starts at once when the core has not started one for a whole
