@@ -535,3 +535,28 @@ fn the_producer_batches_single_records_and_answers_each() {
     });
     server.stop();
 }
+
+#[test]
+fn a_relative_data_dir_serves_like_an_absolute_one() {
+    // The default data folder is ./data, and glommio opens folders through io_uring, where
+    // a relative path once failed every stream creation with EBADF.
+    let dir = temp_dir();
+    let cwd = std::env::current_dir().expect("cwd");
+    let mut relative = std::path::PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        relative.push("..");
+    }
+    relative.push(dir.path().strip_prefix("/").expect("an absolute temp dir"));
+    let server = Server::start(&relative);
+    let addr = server.addr;
+    run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        client.create_stream("relative", 2).await.expect("create");
+        let results = client
+            .put_records("relative", vec![entry("k", payload(1, 10))])
+            .await
+            .expect("put");
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+    });
+    server.stop();
+}

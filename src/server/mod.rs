@@ -49,7 +49,13 @@ pub enum ServeError {
 ///
 /// # Errors
 /// [`ServeError`] saying what to change when start-up fails.
-pub fn serve(config: Config) -> Result<(), ServeError> {
+pub fn serve(mut config: Config) -> Result<(), ServeError> {
+    // glommio opens directories through io_uring, where a relative path (the default
+    // ./data) fails with EBADF; every path below the data folder is made from this one.
+    config.data_dir = std::path::absolute(&config.data_dir).map_err(|e| ServeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
     let memlock = runtime::raise_memlock();
     runtime::check_memlock()?;
     raise_open_files();
@@ -254,7 +260,21 @@ async fn run_core(
 /// address, which may have port 0; the rest bind the port it got).
 fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<Socket>, ServeError> {
     let mut sockets = Vec::with_capacity(cores);
-    let mut target = addr;
+    // The per-core sockets share their port through SO_REUSEPORT, which would as gladly
+    // share it with another process of the same user already listening there (another
+    // spate, a parallel test's server): the kernel would then balance connections across
+    // both. A plain bind first fails on a port someone listens on, and picks a free one
+    // for port 0.
+    let probe = exclusive_probe(addr).map_err(|e| ServeError::Listen {
+        addr,
+        message: e.to_string(),
+    })?;
+    let mut target = probe
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(addr);
+    drop(probe);
     for _ in 0..cores {
         let socket = listen_socket(target).map_err(|e| ServeError::Listen {
             addr: target,
@@ -274,6 +294,15 @@ fn bound_address(sockets: &[Socket], asked: SocketAddr) -> SocketAddr {
         .and_then(|s| s.local_addr().ok())
         .and_then(|a| a.as_socket())
         .unwrap_or(asked)
+}
+
+/// A socket bound to `addr` without SO_REUSEPORT (SO_REUSEADDR only, so connections of an
+/// earlier run in TIME_WAIT do not block it): fails while anything listens there.
+fn exclusive_probe(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }
 
 fn listen_socket(addr: SocketAddr) -> std::io::Result<Socket> {
