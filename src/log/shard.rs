@@ -1,8 +1,9 @@
 //! The shard log: one shard's ordered, retained records in a folder of segment files.
 //! Owns sequence numbering, the pending (appended, not yet durable) batches, the segment
 //! files and their indexes, the in-memory tail, reads, retention and recovery on open.
-//! Does not decide when to commit: the core's [`Committer`] does, and calls
-//! [`ShardLog::write_pending`], syncs, then [`ShardLog::finish_commit`]. Runs only on the shard's owner core; nothing here is `Send`.
+//! Does not decide when to commit: the core's [`Committer`] does: it calls
+//! [`ShardLog::write_pending`], syncs the round, then calls [`ShardLog::finish_commit`].
+//! Runs only on the shard's owner core; nothing here is `Send`.
 //!
 //! Positions: `next_seq` is the next sequence number to assign; `durable_next_seq` is one
 //! past the last record whose bytes were made durable. Readers never see a record at or
