@@ -163,3 +163,55 @@ where
         name: name.to_string(),
     })
 }
+
+/// A one-line account of every io_uring of this process and of every thread's kernel wait,
+/// from /proc, for the warnings a stalled operation logs: each ring's submission and
+/// completion heads and tails, the entries still waiting on either side and the overflowed
+/// completions, then `thread:wait-channel` for each thread. Blocking reads of /proc; only
+/// for rare diagnostics.
+pub fn uring_report() -> String {
+    let mut report = String::new();
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return "no /proc/self/fd".into();
+    };
+    for fd in fds.flatten() {
+        let is_ring = std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.to_string_lossy().contains("io_uring"));
+        if !is_ring {
+            continue;
+        }
+        let name = fd.file_name().to_string_lossy().into_owned();
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{name}")) else {
+            continue;
+        };
+        report.push_str(&format!("ring fd {name}:"));
+        let mut overflow = None;
+        for line in info.lines() {
+            let key = line.split(':').next().unwrap_or("");
+            match key {
+                "SqHead" | "SqTail" | "CachedSqHead" | "CqHead" | "CqTail" | "CachedCqTail"
+                | "SQEs" | "CQEs" => {
+                    let value = line[key.len() + 1..].trim();
+                    report.push_str(&format!(" {key}={value}"));
+                }
+                "CqOverflowList" => overflow = Some(0usize),
+                _ if overflow.is_some() && line.starts_with("  ") => {
+                    overflow = overflow.map(|n| n + 1);
+                }
+                _ => {}
+            }
+        }
+        report.push_str(&format!(" overflowed={}; ", overflow.unwrap_or(0)));
+    }
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let read = |file: &str| {
+                std::fs::read_to_string(task.path().join(file))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default()
+            };
+            report.push_str(&format!("{}:{} ", read("comm"), read("wchan")));
+        }
+    }
+    report
+}

@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Server, entry, run, temp_dir};
@@ -100,6 +100,8 @@ fn batch(keys: u64, counter: u64) -> Vec<PutEntry> {
 
 /// Puts one record per key per batch, batch after batch, until `stop`; sends what was
 /// acknowledged.
+/// Puts batches of 16 records until `stop`; sends each acknowledged record down the
+/// channel and counts it in the returned counter.
 fn start_producer(
     addr: std::net::SocketAddr,
     stream: &'static str,
@@ -107,8 +109,11 @@ fn start_producer(
 ) -> (
     std::thread::JoinHandle<()>,
     std::sync::mpsc::Receiver<(String, u64)>,
+    Arc<AtomicUsize>,
 ) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
     let handle = std::thread::spawn(move || {
         run(move || async move {
             let client = Client::connect(addr).await.expect("connect");
@@ -124,11 +129,27 @@ fn start_producer(
                     if tx.send((format!("key-{k}"), counter)).is_err() {
                         return;
                     }
+                    counted.fetch_add(1, Ordering::Relaxed);
                 }
             }
         })
     });
-    (handle, rx)
+    (handle, rx, count)
+}
+
+/// Waits until `count` reaches `at_least`, failing after a minute. Tests wait for a number
+/// of acknowledged puts instead of a fixed time, so a slow or busy machine makes them
+/// slower, not wrong.
+fn wait_for_acks(count: &AtomicUsize, at_least: usize) {
+    let started = Instant::now();
+    while count.load(Ordering::Relaxed) < at_least {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {} of {at_least} puts acknowledged in a minute",
+            count.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 async fn wait_active(client: &Client, stream: &str) -> StreamDescription {
@@ -230,8 +251,10 @@ fn sigkill_while_shards_split_and_merge_under_puts_loses_no_acknowledged_record(
         client.create_stream("churn", 2).await.expect("create");
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let (producer, acks) = start_producer(addr, "churn", stop.clone());
+    let (producer, acks, acked_count) = start_producer(addr, "churn", stop.clone());
     let scaler_stop = stop.clone();
+    let scalings_done = Arc::new(AtomicUsize::new(0));
+    let scalings_seen = scalings_done.clone();
     let scaler = std::thread::spawn(move || {
         run(move || async move {
             let client = Client::connect(addr).await.expect("connect");
@@ -249,12 +272,16 @@ fn sigkill_while_shards_split_and_merge_under_puts_loses_no_acknowledged_record(
                     break;
                 }
                 scalings += 1;
+                scalings_seen.fetch_add(1, Ordering::Relaxed);
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
             scalings
         })
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill once puts and rescaling have both been running for a while.
+    std::thread::sleep(Duration::from_millis(500));
+    wait_for_acks(&acked_count, 1001);
+    wait_for_acks(&scalings_done, 2);
     server.kill();
     stop.store(true, Ordering::Relaxed);
     let scalings = scaler.join().expect("scaler");
@@ -299,10 +326,12 @@ fn shards_move_between_cores_under_puts_without_loss_or_reordering() {
         client.create_stream("moving", 4).await.expect("create");
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let (producer, acks) = start_producer(addr, "moving", stop.clone());
+    let (producer, acks, acked_count) = start_producer(addr, "moving", stop.clone());
+    let during = acked_count.clone();
     run(move || async move {
         let client = Rc::new(Client::connect(addr).await.expect("connect"));
         glommio::timer::sleep(Duration::from_millis(300)).await;
+        let before = during.load(Ordering::Relaxed);
         // Everything onto core 0, then rebalance spreads it out again.
         for shard in 0..4 {
             let change = Reshard::Move { shard, core: 0 };
@@ -323,8 +352,12 @@ fn shards_move_between_cores_under_puts_without_loss_or_reordering() {
             .count();
         assert_eq!(on_zero, 2, "rebalance left {on_zero} of 4 shards on core 0");
         assert_eq!(open_count(&description), 4);
-        glommio::timer::sleep(Duration::from_millis(300)).await;
+        assert!(
+            during.load(Ordering::Relaxed) > before,
+            "no put was acknowledged while the shards moved"
+        );
     });
+    wait_for_acks(&acked_count, 1001);
     stop.store(true, Ordering::Relaxed);
     producer.join().expect("producer");
     let acked: Vec<(String, u64)> = acks.try_iter().collect();

@@ -107,7 +107,12 @@ async fn open_retrying(path: &Path, options: &OpenOptions) -> std::io::Result<Dm
             Some(Ok(file)) => return Ok(file),
             Some(Err(error)) => return Err(error.into()),
             None => {
-                tracing::warn!(path = %path.display(), attempt, "an io_uring open stalled; issuing it again");
+                tracing::warn!(
+                    path = %path.display(),
+                    attempt,
+                    rings = %crate::runtime::uring_report(),
+                    "an io_uring open stalled; issuing it again"
+                );
                 last = Some(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("open did not complete in {OPEN_STALL:?}, {attempt} times"),
