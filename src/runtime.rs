@@ -125,16 +125,86 @@ pub fn executor_builder(name: &str, cpu: Option<usize>, executors: usize) -> Loc
 pub const WAKE_TICK: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Starts the wake-up tick on the current executor; it stops when the returned flag is set.
-pub fn spawn_wake_tick() -> std::rc::Rc<std::cell::Cell<bool>> {
+/// Each tick also stamps `heartbeat`, when given, with [`Heartbeats::now_ms`], for the
+/// stall watchdog.
+pub fn spawn_wake_tick(
+    heartbeat: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+) -> std::rc::Rc<std::cell::Cell<bool>> {
     let stop = std::rc::Rc::new(std::cell::Cell::new(false));
     let flag = stop.clone();
     glommio::spawn_local(async move {
         while !flag.get() {
+            if let Some(beat) = &heartbeat {
+                beat.store(Heartbeats::now_ms(), std::sync::atomic::Ordering::Relaxed);
+            }
             glommio::timer::sleep(WAKE_TICK).await;
         }
     })
     .detach();
     stop
+}
+
+/// How long a core's tick may miss before the watchdog reports the core as stalled.
+pub const STALL_REPORT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One heartbeat per executor, stamped by its wake tick; a plain thread watches them and
+/// logs, once per stall, any executor whose tick has not run for [`STALL_REPORT`], with
+/// [`uring_report`]: an executor that stops running its tick serves nothing.
+pub struct Heartbeats {
+    beats: Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Heartbeats {
+    pub fn new(executors: usize) -> Heartbeats {
+        let beats = (0..executors)
+            .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicU64::new(Heartbeats::now_ms())))
+            .collect();
+        Heartbeats { beats }
+    }
+
+    /// Milliseconds on a monotonic clock shared by all threads of the process.
+    pub fn now_ms() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let start = START.get_or_init(std::time::Instant::now);
+        u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The heartbeat executor `index` stamps.
+    pub fn beat(&self, index: usize) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.beats[index].clone()
+    }
+
+    /// Watches the heartbeats on a thread of its own until `stopping` is set.
+    pub fn watch(self, stopping: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        use std::sync::atomic::Ordering;
+        let spawned = std::thread::Builder::new()
+            .name("stall-watchdog".into())
+            .spawn(move || {
+                let mut reported = vec![false; self.beats.len()];
+                while !stopping.load(Ordering::Relaxed) {
+                    std::thread::sleep(STALL_REPORT / 4);
+                    let now = Heartbeats::now_ms();
+                    for (core, beat) in self.beats.iter().enumerate() {
+                        let silent_ms = now.saturating_sub(beat.load(Ordering::Relaxed));
+                        let stalled = silent_ms >= STALL_REPORT.as_millis() as u64;
+                        if stalled && !reported[core] {
+                            tracing::warn!(
+                                core,
+                                silent_ms,
+                                rings = %uring_report(),
+                                "a core has not run its 1 ms tick for seconds: it is stalled"
+                            );
+                        } else if !stalled && reported[core] {
+                            tracing::warn!(core, "the stalled core runs again");
+                        }
+                        reported[core] = stalled;
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "could not start the stall watchdog");
+        }
+    }
 }
 
 /// Runs `make()` to completion on a new unpinned executor thread and returns its output.
@@ -151,7 +221,7 @@ where
     check_memlock()?;
     let handle = executor_builder(name, None, 2)
         .spawn(move || async move {
-            let tick = spawn_wake_tick();
+            let tick = spawn_wake_tick(None);
             let out = make().await;
             tick.set(true);
             out
@@ -198,6 +268,10 @@ pub fn uring_report() -> String {
                 _ if overflow.is_some() && line.starts_with("  ") => {
                     overflow = overflow.map(|n| n + 1);
                 }
+                // Armed polls (and reads waiting on one), as "op=N, task_works=M".
+                _ if overflow.is_none() && line.starts_with("  op=") => {
+                    report.push_str(&format!(" poll[{}]", line.trim()));
+                }
                 _ => {}
             }
         }
@@ -210,7 +284,17 @@ pub fn uring_report() -> String {
                     .map(|s| s.trim().to_string())
                     .unwrap_or_default()
             };
-            report.push_str(&format!("{}:{} ", read("comm"), read("wchan")));
+            let stack: Vec<String> = read("stack")
+                .lines()
+                .take(8)
+                .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+                .collect();
+            report.push_str(&format!(
+                "{}:{} [{}] ",
+                read("comm"),
+                read("wchan"),
+                stack.join("<")
+            ));
         }
     }
     report

@@ -238,7 +238,7 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
         let builder = crate::runtime::executor_builder(&format!("load-{worker}"), cpu, workers + 2);
         let handle = builder
             .spawn(move || async move {
-                let tick = crate::runtime::spawn_wake_tick();
+                let tick = crate::runtime::spawn_wake_tick(None);
                 let result = run_worker(options, worker, connections, counters, start).await;
                 tick.set(true);
                 result

@@ -42,15 +42,25 @@ pub async fn accept_loop<F, Fut>(
     Fut: std::future::Future<Output = ()> + 'static,
 {
     let listener = Rc::new(listener);
+    // glommio accepts through io_uring, and dropping an accept the kernel has already
+    // completed loses that connection: the client stays connected to a socket nobody
+    // reads. So one accept stays in flight across the stop checks and is replaced only
+    // once it has completed; it is dropped only when the server stops.
+    let next_accept = |listener: &Rc<TcpListener>| {
+        let listener = listener.clone();
+        Box::pin(async move { listener.accept().await })
+    };
+    let mut accept = next_accept(&listener);
     while !stopping.get() {
-        let accept = async { Some(listener.accept().await) };
+        let accepting = async { Some((&mut accept).await) };
         let tick = async {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             None
         };
-        let Some(accepted) = futures_lite::future::or(accept, tick).await else {
+        let Some(accepted) = futures_lite::future::or(accepting, tick).await else {
             continue;
         };
+        accept = next_accept(&listener);
         let stream = match accepted {
             Ok(stream) => stream,
             Err(error) => {
@@ -67,6 +77,7 @@ pub async fn accept_loop<F, Fut>(
             drop(stream);
             continue;
         }
+        tracing::debug!(core = core.id, peer = ?stream.peer_addr().ok(), "accepted a connection");
         let served = serve(core.clone(), stream, stopping.clone());
         let core = core.clone();
         glommio::spawn_local(async move {

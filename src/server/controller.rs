@@ -330,6 +330,7 @@ impl Controller {
             | ControlRequest::ExpireClosed => Vec::new(),
         };
         next.persist(&data_dir).await.map_err(catalog_error)?;
+        tracing::debug!(epoch = next.epoch, "catalog persisted; publishing it");
         *self.catalog.borrow_mut() = next;
         self.publish(core, deleted.clone())
             .await

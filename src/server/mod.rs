@@ -105,11 +105,13 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         })?;
     }
     let mesh = MeshBuilder::<CoreMessage, _>::full(cores, config.net.core_channel_messages);
+    let heartbeats = runtime::Heartbeats::new(cores);
     let mut handles = Vec::new();
     for (id, (socket, http_socket)) in listeners.into_iter().zip(http_listeners).enumerate() {
         let config = config.clone();
         let mesh = mesh.clone();
         let stopping = stopping.clone();
+        let heartbeat = heartbeats.beat(id);
         let fd = socket.into_raw_fd();
         let http_fd = http_socket.into_raw_fd();
         let cpu = cpus.get(id % cpus.len().max(1)).copied();
@@ -122,13 +124,19 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
                 // SAFETY: as above, for the HTTP socket.
                 let http_listener = unsafe { TcpListener::from_raw_fd(http_fd) };
                 let listeners = (listener, http_listener);
-                run_core(id, cores, config, mesh, listeners, stopping, iterator_key).await
+                // See runtime::WAKE_TICK; the tick also feeds the stall watchdog.
+                let tick = runtime::spawn_wake_tick(Some(heartbeat));
+                let result =
+                    run_core(id, cores, config, mesh, listeners, stopping, iterator_key).await;
+                tick.set(true);
+                result
             })
             .map_err(|e| runtime::RuntimeError::Uring {
                 reason: e.to_string(),
             })?;
         handles.push(handle);
     }
+    heartbeats.watch(stopping.clone());
     // One line on stdout that scripts and tests can wait for.
     println!(
         "spate: serving the binary protocol on {bound} and the Kinesis API on http://{http_bound} with {cores} cores"
@@ -164,8 +172,6 @@ async fn run_core(
     stopping: Arc<AtomicBool>,
     iterator_key: [u8; 32],
 ) -> Result<(), String> {
-    // See runtime::WAKE_TICK: no executor of ours sleeps longer than a tick.
-    let tick = runtime::spawn_wake_tick();
     let (senders, receivers) = mesh
         .join()
         .await
@@ -252,7 +258,6 @@ async fn run_core(
         "stopping: committing what is pending"
     );
     core.shut_down().await;
-    tick.set(true);
     Ok(())
 }
 

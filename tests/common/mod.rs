@@ -145,10 +145,12 @@ impl Server {
             ])
             .arg(data_dir)
             .args(extra)
-            // SPATE_TEST_LOG=info (or debug) shows what the servers do while a test runs.
+            // Warnings (a stalled core, a stalled open) reach the test output, so a failure
+            // in CI comes with the server's account of it; SPATE_TEST_LOG=info (or debug)
+            // shows more of what the servers do while a test runs.
             .env(
                 "RUST_LOG",
-                std::env::var("SPATE_TEST_LOG").unwrap_or_else(|_| "error".into()),
+                std::env::var("SPATE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(std::process::Stdio::piped())
             .spawn()

@@ -69,8 +69,19 @@ pub async fn handle(core: &Rc<Core>, request: Request<Incoming>) -> Response<Bod
         Some(b"Kinesis_20131202.GetRecords") => Some(crate::metrics::Op::Get),
         _ => None,
     };
+    if measured.is_none() {
+        tracing::debug!(core = core.id, target = ?request.headers().get("x-amz-target"), "kinesis request");
+    }
     let result = serve(core, request).await;
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if measured.is_none() {
+        tracing::debug!(
+            core = core.id,
+            micros,
+            ok = result.is_ok(),
+            "kinesis request answered"
+        );
+    }
     if let Some(op) = measured {
         core.metrics.latency(op, micros);
     }
