@@ -239,9 +239,10 @@ where
 
 /// A one-line account of every io_uring of this process and of every thread's kernel wait,
 /// from /proc, for the warnings a stalled operation logs: each ring's submission and
-/// completion heads and tails, the entries still waiting on either side and the overflowed
-/// completions, then `thread:wait-channel` for each thread. Blocking reads of /proc; only
-/// for rare diagnostics.
+/// completion heads and tails, the entries still waiting on either side, its armed polls
+/// and its overflowed completions, then `thread:wait-channel [kernel stack]` for each
+/// thread (the stack only where /proc lets us read it). Blocking reads of /proc; only for
+/// rare diagnostics.
 pub fn uring_report() -> String {
     let mut report = String::new();
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {

@@ -99,9 +99,7 @@ fn batch(keys: u64, counter: u64) -> Vec<PutEntry> {
 }
 
 /// Puts one record per key per batch, batch after batch, until `stop`; sends what was
-/// acknowledged.
-/// Puts batches of 16 records until `stop`; sends each acknowledged record down the
-/// channel and counts it in the returned counter.
+/// acknowledged, and counts it in the returned counter.
 fn start_producer(
     addr: std::net::SocketAddr,
     stream: &'static str,
@@ -137,15 +135,15 @@ fn start_producer(
     (handle, rx, count)
 }
 
-/// Waits until `count` reaches `at_least`, failing after a minute. Tests wait for a number
-/// of acknowledged puts instead of a fixed time, so a slow or busy machine makes them
-/// slower, not wrong.
-fn wait_for_acks(count: &AtomicUsize, at_least: usize) {
+/// Waits until `count` of `what` reaches `at_least`, failing after a minute. Tests wait for
+/// a number of acknowledged puts or finished scalings instead of a fixed time, so a slow or
+/// busy machine makes them slower, not wrong.
+fn wait_for_count(count: &AtomicUsize, at_least: usize, what: &str) {
     let started = Instant::now();
     while count.load(Ordering::Relaxed) < at_least {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "only {} of {at_least} puts acknowledged in a minute",
+            "only {} of {at_least} {what} in a minute",
             count.load(Ordering::Relaxed)
         );
         std::thread::sleep(Duration::from_millis(10));
@@ -280,8 +278,8 @@ fn sigkill_while_shards_split_and_merge_under_puts_loses_no_acknowledged_record(
     });
     // Kill once puts and rescaling have both been running for a while.
     std::thread::sleep(Duration::from_millis(500));
-    wait_for_acks(&acked_count, 1001);
-    wait_for_acks(&scalings_done, 2);
+    wait_for_count(&acked_count, 1001, "acknowledged records");
+    wait_for_count(&scalings_done, 2, "scalings");
     server.kill();
     stop.store(true, Ordering::Relaxed);
     let scalings = scaler.join().expect("scaler");
@@ -357,7 +355,7 @@ fn shards_move_between_cores_under_puts_without_loss_or_reordering() {
             "no put was acknowledged while the shards moved"
         );
     });
-    wait_for_acks(&acked_count, 1001);
+    wait_for_count(&acked_count, 1001, "acknowledged records");
     stop.store(true, Ordering::Relaxed);
     producer.join().expect("producer");
     let acked: Vec<(String, u64)> = acks.try_iter().collect();

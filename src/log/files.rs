@@ -92,9 +92,11 @@ const OPEN_STALL: std::time::Duration = std::time::Duration::from_secs(2);
 ///
 /// Under load, about one server start in a dozen saw an open on one core never complete:
 /// the executor kept waking (its timers ran), the kernel's io_uring workers were idle, and
-/// the future never resolved, so the core never finished opening its shards. The cause
-/// inside glommio is not found yet; an open that stalls is abandoned (a descriptor may
-/// leak if it completes later) and issued again, with a warning.
+/// the future never resolved, so the core never finished opening its shards. That was
+/// probably the executor parking with runnable tasks, fixed since in vendor/glommio (see
+/// its SPATE_PATCH.md), but it was never proven; so an open that stalls is still abandoned
+/// (a descriptor may leak if it completes later) and issued again, with a warning and a
+/// report of the rings. No such warning appeared in the runs after the fix.
 async fn open_retrying(path: &Path, options: &OpenOptions) -> std::io::Result<DmaFile> {
     let mut last = None;
     for attempt in 1..=5u32 {
