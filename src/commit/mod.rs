@@ -102,6 +102,8 @@ pub struct Committer {
     task: RefCell<Option<JoinHandle<()>>>,
     /// Duration of each commit round, in microseconds.
     round_latency: RefCell<hdrhistogram::Histogram<u64>>,
+    /// Duration of each round's sync, in microseconds.
+    sync_latency: RefCell<hdrhistogram::Histogram<u64>>,
     /// Each shard's share of the core's in-memory tail budget, in bytes.
     tail_share_bytes: Cell<usize>,
 }
@@ -127,6 +129,7 @@ impl Committer {
             task: RefCell::new(None),
             tail_share_bytes: Cell::new(usize::MAX),
             round_latency: RefCell::new(crate::metrics::histogram()),
+            sync_latency: RefCell::new(crate::metrics::histogram()),
         });
         let runner = committer.clone();
         // The committer runs in a task queue of its own that declares latency matters: the
@@ -176,6 +179,11 @@ impl Committer {
     /// A copy of the commit-round latency histogram (microseconds).
     pub fn round_latency(&self) -> hdrhistogram::Histogram<u64> {
         self.round_latency.borrow().clone()
+    }
+
+    /// A copy of the histogram of each round's sync alone (microseconds).
+    pub fn sync_latency(&self) -> hdrhistogram::Histogram<u64> {
+        self.sync_latency.borrow().clone()
     }
 
     /// Waits until `bytes` more may be pending on this core (backpressure).
@@ -258,7 +266,14 @@ impl Committer {
         let synced = if self.config.ack_before_sync {
             SyncOutcome::default()
         } else {
-            sync_round(written.iter().flatten().filter_map(Written::sync_target)).await
+            let sync_started = Instant::now();
+            let synced =
+                sync_round(written.iter().flatten().filter_map(Written::sync_target)).await;
+            let _ = self
+                .sync_latency
+                .borrow_mut()
+                .record(micros_since(sync_started).max(1));
+            synced
         };
         let mut stats = self.stats.get();
         stats.commits += 1;
@@ -278,9 +293,15 @@ impl Committer {
             self.budget.signal(taken_bytes as u64);
         }
         self.stats.set(stats);
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let _ = self.round_latency.borrow_mut().record(micros.max(1));
+        let _ = self
+            .round_latency
+            .borrow_mut()
+            .record(micros_since(started).max(1));
     }
+}
+
+fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// What a round's sync did: how many sync calls it issued, and whether all succeeded.

@@ -20,13 +20,17 @@ pub enum Op {
     Commit = 2,
     /// A request handed to another core and answered (mesh round trip).
     Handover = 3,
+    /// The sync a commit round ends with (fdatasync, or syncfs over several files): the
+    /// part of a commit the disk decides.
+    Sync = 4,
 }
 
-const OPS: [(Op, &str); 4] = [
+const OPS: [(Op, &str); 5] = [
     (Op::Put, "put"),
     (Op::Get, "get"),
     (Op::Commit, "commit"),
     (Op::Handover, "handover"),
+    (Op::Sync, "sync"),
 ];
 
 /// Counters kept per core.
@@ -48,7 +52,7 @@ pub struct Counters {
 #[derive(Clone, Debug)]
 pub struct CoreMetrics {
     pub core: usize,
-    pub histograms: [Histogram<u64>; 4],
+    pub histograms: [Histogram<u64>; 5],
     pub counters: Counters,
     /// Counters of each shard the core owns, filled in when a snapshot is taken.
     pub shards: Vec<ShardCounters>,
@@ -78,7 +82,7 @@ impl CoreMetrics {
     pub fn new(core: usize) -> CoreMetrics {
         CoreMetrics {
             core,
-            histograms: [histogram(), histogram(), histogram(), histogram()],
+            histograms: std::array::from_fn(|_| histogram()),
             counters: Counters::default(),
             shards: Vec::new(),
         }
@@ -218,7 +222,7 @@ pub fn render(cores: &[CoreMetrics]) -> String {
     let name = "spate_latency_seconds";
     let _ = writeln!(
         out,
-        "# HELP {name} Latency by operation: put and get from request read to response written, commit per round, handover per cross-core call.\n# TYPE {name} summary"
+        "# HELP {name} Latency by operation: put and get from request read to response written, commit per round, handover per cross-core call, sync per commit round's fdatasync or syncfs.\n# TYPE {name} summary"
     );
     for (op, label) in OPS {
         let mut merged = histogram();

@@ -869,6 +869,7 @@ impl Core {
             .shards
             .sort_by(|a, b| (&a.stream, a.shard).cmp(&(&b.stream, b.shard)));
         let _ = snapshot.histograms[Measured::Commit as usize].add(self.committer.round_latency());
+        let _ = snapshot.histograms[Measured::Sync as usize].add(self.committer.sync_latency());
         let stats = self.committer.stats();
         snapshot.counters.fsyncs = stats.fsyncs;
         snapshot.counters.commits = stats.commits;

@@ -100,7 +100,7 @@ pub fn screen(previous: &Samples, current: &Samples, seconds: f64) -> String {
         .map(str::to_string)
         .collect();
     cores.insert(0, "all".to_string());
-    for op in ["put", "get", "commit", "handover"] {
+    for op in ["put", "get", "commit", "sync", "handover"] {
         for core in &cores {
             let _ = writeln!(
                 out,
