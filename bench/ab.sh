@@ -37,7 +37,11 @@ round() { # binary, name -> prints records/s
   "$spate" load --protocol "$protocol" --server "$target" --stream ab --shards 4 \
       --record-bytes 100 --batch 500 --connections 4 --in-flight 8 \
       --duration "$run_seconds" --warmup 1 --json "$work/$name.json" \
-      --hgrm "$work/$name.hgrm" >/dev/null 2>&1
+      --hgrm "$work/$name.hgrm" >"$work/$name.load" 2>&1 || {
+    echo "round $name: spate load failed; its output and the server's log:" >&2
+    tail -n 20 "$work/$name.load" "$work/serve.err" >&2
+    exit 1
+  }
   kill -TERM "$server_pid"; wait "$server_pid" || true; server_pid=
   python3 -c "import json; print(round(json.load(open('$work/$name.json'))['records_per_s']))"
 }
