@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 use spate::limits::SEGMENT_BYTES_DEFAULT;
 use spate::tools::{cli, crash_writer, log_bench};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// spate — a stream ingestion server with the data model of Kinesis Data Streams.
 #[derive(Parser)]
 #[command(name = "spate", version, about, long_about = None)]
