@@ -19,6 +19,21 @@ pub fn render(shard_index: u32, seq: u64) -> String {
     value(shard_index, seq).to_string()
 }
 
+/// Digits in every sequence number string: bit 120 is always set and no higher bit is.
+pub const DIGITS: usize = 37;
+
+/// A sequence number string as its [`DIGITS`] ASCII digits.
+pub fn digits(shard_index: u32, seq: u64) -> [u8; DIGITS] {
+    let mut out = [b'0'; DIGITS];
+    let mut buffer = itoa::Buffer::new();
+    let text = buffer.format(value(shard_index, seq)).as_bytes();
+    // Always exactly DIGITS long (see above); right-aligned all the same.
+    let start = DIGITS.saturating_sub(text.len());
+    let skip = text.len().saturating_sub(DIGITS);
+    out[start..].copy_from_slice(&text[skip..]);
+    out
+}
+
 /// The integer a Kinesis sequence number string spells in decimal.
 pub fn value(shard_index: u32, seq: u64) -> u128 {
     TAG | (u128::from(shard_index) << SHARD_SHIFT) | u128::from(seq)
@@ -53,6 +68,9 @@ mod tests {
         let b: u128 = render(3, 10).parse().expect("number");
         assert!(a < b);
         assert_eq!(render(0, 0).len(), render(0, 1 << 40).len());
+        for (shard, seq) in [(0, 0), (u32::MAX, u64::MAX)] {
+            assert_eq!(digits(shard, seq).as_slice(), render(shard, seq).as_bytes());
+        }
         assert_eq!(parse("12"), None);
         assert_eq!(parse("abc"), None);
         assert_eq!(parse(""), None);

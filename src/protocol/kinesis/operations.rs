@@ -15,7 +15,7 @@ use crate::log::StartPosition;
 use crate::protocol::binary::{PutEntry, RecordsBody, Status};
 use crate::protocol::kinesis::errors::{KinesisError, from_wire};
 use crate::protocol::kinesis::iterator::{IteratorError, IteratorState};
-use crate::protocol::kinesis::json::{Input, Out};
+use crate::protocol::kinesis::json::{Input, Out, Speller};
 use crate::route;
 use crate::server::controller::ControlRequest;
 use crate::server::core::{Core, CoreReply, CoreRequest};
@@ -1046,8 +1046,11 @@ async fn put_record(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, K
         .map_err(from_wire)?;
     let mut out = Out::with_capacity(128);
     out.begin_object()
-        .shard_id("ShardId", shard)
-        .decimal_str("SequenceNumber", sequence::value(shard, seq))
+        .plain_str("ShardId", Speller::default().shard_id(shard))
+        .plain_str(
+            "SequenceNumber",
+            &crate::catalog::sequence::digits(shard, seq),
+        )
         .str("EncryptionType", "NONE")
         .end_object();
     Ok(out.into_bytes())
@@ -1082,12 +1085,13 @@ async fn put_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
     out.begin_object()
         .int("FailedRecordCount", failed as i64)
         .array("Records");
+    let mut speller = Speller::default();
     for result in results {
         out.begin_object();
         match result {
             Ok((shard, seq)) => {
-                out.decimal_str("SequenceNumber", sequence::value(shard, seq))
-                    .shard_id("ShardId", shard);
+                out.plain_str("SequenceNumber", speller.sequence(shard, seq))
+                    .plain_str("ShardId", speller.shard_id(shard));
             }
             Err(error) if error.status == Status::Throttled => {
                 out.str("ErrorCode", "ProvisionedThroughputExceededException")
@@ -1120,9 +1124,10 @@ pub(super) fn records_capacity(records: &[crate::log::RecordOut]) -> usize {
 /// `"Records": [...]` as GetRecords and SubscribeToShard events carry them.
 pub(super) fn write_records(out: &mut Out, shard: u32, records: &[crate::log::RecordOut]) {
     out.array("Records");
+    let mut speller = Speller::default();
     for record in records {
         out.begin_object()
-            .decimal_str("SequenceNumber", sequence::value(shard, record.seq))
+            .plain_str("SequenceNumber", speller.sequence(shard, record.seq))
             .timestamp("ApproximateArrivalTimestamp", record.arrival_us)
             .base64("Data", &record.data)
             .str(
