@@ -305,8 +305,6 @@ impl Out {
         self.buffer.push(b'"');
     }
 
-    /// A string member whose value is the decimal digits of `value` (sequence numbers are
-    /// 128-bit integers rendered as strings), written without an intermediate String.
     /// A string member whose value needs no escaping: ASCII digits and ids we spelled
     /// ourselves, such as [`Speller`]'s.
     pub fn plain_str(&mut self, key: &'static str, value: &[u8]) -> &mut Out {

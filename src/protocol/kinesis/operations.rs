@@ -1047,10 +1047,7 @@ async fn put_record(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, K
     let mut out = Out::with_capacity(128);
     out.begin_object()
         .plain_str("ShardId", Speller::default().shard_id(shard))
-        .plain_str(
-            "SequenceNumber",
-            &crate::catalog::sequence::digits(shard, seq),
-        )
+        .plain_str("SequenceNumber", &sequence::digits(shard, seq))
         .str("EncryptionType", "NONE")
         .end_object();
     Ok(out.into_bytes())
