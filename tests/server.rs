@@ -560,3 +560,93 @@ fn a_relative_data_dir_serves_like_an_absolute_one() {
     });
     server.stop();
 }
+
+/// Open connections per core, from `spate_connections` on /metrics, asked over one
+/// keep-alive HTTP connection (itself one of the connections counted).
+fn connections_per_core(http: &mut std::net::TcpStream) -> Vec<usize> {
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: spate\r\n\r\n")
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        http.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0u8; length];
+    http.read_exact(&mut body).expect("response body");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|line| line.starts_with("spate_connections{"))
+        .map(|line| {
+            let value = line.rsplit(' ').next().expect("value");
+            value.parse().expect("count")
+        })
+        .collect()
+}
+
+#[test]
+fn connections_are_spread_evenly_over_the_cores() {
+    // The kernel hashes each connection to one core's listener; left there, 24 connections
+    // on 2 cores stay within one of each other only by luck (a random walk 24 steps long).
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let timeout = Some(Duration::from_secs(10));
+    let mut http =
+        std::net::TcpStream::connect(server.endpoint.trim_start_matches("http://")).expect("http");
+    http.set_read_timeout(timeout).expect("timeout");
+    let mut held = Vec::new();
+    for opened in 1..=24 {
+        let mut socket = std::net::TcpStream::connect(server.addr).expect("connect");
+        socket.set_read_timeout(timeout).expect("timeout");
+        // Answered, so accepted and placed on a core before the next one comes.
+        let mut list = BytesMut::new();
+        Request::ListStreams.encode(opened, &mut list);
+        socket.write_all(&list).expect("write");
+        let (header, _) = read_frame(&mut socket).expect("answer");
+        assert_eq!((header.request_id, header.status), (opened, 0));
+        held.push(socket);
+        let counts = connections_per_core(&mut http);
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert_eq!(
+            counts.iter().sum::<usize>(),
+            opened as usize + 1,
+            "{counts:?}"
+        );
+        let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
+        assert!(
+            spread <= 1,
+            "after {opened} connections (and the metrics one) the cores hold {counts:?}"
+        );
+    }
+    // Closed connections are counted off, and placement goes on from the new counts.
+    held.truncate(8);
+    let started = Instant::now();
+    let counts = loop {
+        let counts = connections_per_core(&mut http);
+        if counts.iter().sum::<usize>() == 9 || started.elapsed() > Duration::from_secs(10) {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(counts.iter().sum::<usize>(), 9, "{counts:?}");
+    for _ in 0..8 {
+        let socket = std::net::TcpStream::connect(server.addr).expect("connect");
+        held.push(socket);
+    }
+    let started = Instant::now();
+    let counts = loop {
+        let counts = connections_per_core(&mut http);
+        if counts.iter().sum::<usize>() == 17 || started.elapsed() > Duration::from_secs(10) {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(counts.iter().sum::<usize>(), 17, "{counts:?}");
+    server.stop();
+}

@@ -46,6 +46,8 @@ pub struct Counters {
     pub fsyncs: u64,
     pub commits: u64,
     pub committed_batches: u64,
+    /// Open client connections (a gauge, filled in when a snapshot is taken).
+    pub connections: u64,
 }
 
 /// One core's measurements; also the unit sent between cores and merged.
@@ -174,6 +176,18 @@ pub fn render(cores: &[CoreMetrics]) -> String {
                 get(&core.counters)
             );
         }
+    }
+    let name = "spate_connections";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Open client connections, both ports.\n# TYPE {name} gauge"
+    );
+    for core in cores {
+        let _ = writeln!(
+            out,
+            "{name}{{core=\"{}\"}} {}",
+            core.core, core.counters.connections
+        );
     }
     let shard_columns: [ShardColumn; 5] = [
         (

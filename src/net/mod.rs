@@ -7,6 +7,7 @@
 pub mod http;
 
 use std::cell::Cell;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use crate::protocol::binary::{
     self, FrameHeader, HEADER_BYTES, KIND_RESPONSE, Op, RecordsBody, Request, Response, Status,
     WireError,
 };
-use crate::server::core::Core;
+use crate::server::core::{Core, CoreReply, CoreRequest, Port};
 use crate::server::requests;
 
 /// How long a subscription waits for records before checking that its connection lives.
@@ -30,17 +31,10 @@ const SUBSCRIBE_POLL: Duration = Duration::from_millis(500);
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Accepts connections on `listener` until `stopping` is set, and runs `serve` for each on
-/// its own task, within the core's connection limit. Shared by the binary and HTTP ports.
-pub async fn accept_loop<F, Fut>(
-    core: Rc<Core>,
-    listener: TcpListener,
-    stopping: Rc<Cell<bool>>,
-    serve: F,
-) where
-    F: Fn(Rc<Core>, TcpStream, Rc<Cell<bool>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
+/// Accepts connections on `listener` until the core stops, within the core's connection
+/// limit, and has each served on the core [`Core::place_connection`] picks: here, on a
+/// task of its own, or handed to a lighter core. Shared by the binary and HTTP ports.
+pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, port: Port) {
     let listener = Rc::new(listener);
     // glommio accepts through io_uring, and dropping an accept the kernel has already
     // completed loses that connection: the client stays connected to a socket nobody
@@ -51,7 +45,7 @@ pub async fn accept_loop<F, Fut>(
         Box::pin(async move { listener.accept().await })
     };
     let mut accept = next_accept(&listener);
-    while !stopping.get() {
+    while !core.stopping.get() {
         let accepting = async { Some((&mut accept).await) };
         let tick = async {
             glommio::timer::sleep(Duration::from_millis(100)).await;
@@ -78,15 +72,68 @@ pub async fn accept_loop<F, Fut>(
             continue;
         }
         tracing::debug!(core = core.id, peer = ?stream.peer_addr().ok(), "accepted a connection");
-        let served = serve(core.clone(), stream, stopping.clone());
-        let core = core.clone();
-        glommio::spawn_local(async move {
-            core.connections.set(core.connections.get() + 1);
-            served.await;
-            core.connections.set(core.connections.get() - 1);
-        })
-        .detach();
+        let target = core.place_connection();
+        if target == core.id {
+            serve_here(core.clone(), stream, port);
+        } else {
+            hand_over(&core, stream, port, target);
+        }
     }
+}
+
+/// Serves a connection on this core, on a task of its own, counted until it ends.
+fn serve_here(core: Rc<Core>, stream: TcpStream, port: Port) {
+    glommio::spawn_local(async move {
+        core.connections.set(core.connections.get() + 1);
+        let stopping = core.stopping.clone();
+        match port {
+            Port::Binary => serve_binary(core.clone(), stream, stopping).await,
+            Port::Http => http::serve(core.clone(), stream, stopping).await,
+        }
+        core.connections.set(core.connections.get() - 1);
+        core.connection_closed();
+    })
+    .detach();
+}
+
+/// Serves a connection another core accepted and placed here.
+pub fn adopt(core: Rc<Core>, socket: OwnedFd, port: Port) {
+    // SAFETY: the descriptor is a connected TCP socket whose only owner was `socket`.
+    let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    serve_here(core, stream, port);
+}
+
+/// Sends a just-accepted connection to core `target`, which serves it. glommio's stream
+/// does not give up its descriptor, so a duplicate travels and the original is closed
+/// here, which leaves the connection open. If the duplicate cannot be made the
+/// connection is served here after all; if the target has stopped, it is closed.
+fn hand_over(core: &Rc<Core>, stream: TcpStream, port: Port, target: usize) {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the stream owns and keeps open for the call.
+    let duplicate = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if duplicate < 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(core = core.id, %error, "could not hand a connection over; serving it here");
+        core.placement_failed(target);
+        core.place_here();
+        serve_here(core.clone(), stream, port);
+        return;
+    }
+    // SAFETY: `duplicate` is a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(duplicate) };
+    drop(stream);
+    let core = core.clone();
+    glommio::spawn_local(async move {
+        let request = CoreRequest::Adopt { socket, port };
+        if !matches!(core.call(target, request).await, CoreReply::Applied(Ok(()))) {
+            tracing::debug!(
+                core = core.id,
+                target,
+                "a handed-over connection was closed: its core stopped"
+            );
+            core.placement_failed(target);
+        }
+    })
+    .detach();
 }
 
 /// Serves one binary-protocol connection, logging why it ended.

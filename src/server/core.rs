@@ -5,8 +5,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::channel::oneshot;
@@ -109,6 +112,16 @@ pub enum CoreRequest {
         catalog: Catalog,
         deleted: Vec<StreamMeta>,
     },
+    /// Serve a connection another core accepted (see [`Core::place_connection`]). The
+    /// socket closes if the message is dropped undelivered.
+    Adopt { socket: OwnedFd, port: Port },
+}
+
+/// Which listener a connection came in on, so the core that serves it speaks its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    Binary,
+    Http,
 }
 
 /// A SubscribeToShard subscription's identity: (stream id, shard, consumer ARN).
@@ -174,6 +187,10 @@ pub struct Core {
     /// Present on core 0 only.
     pub controller: Option<Controller>,
     pub connections: Cell<usize>,
+    /// Open connections of every core, shared by all of them, for placing new ones.
+    loads: Arc<[AtomicUsize]>,
+    /// Set when the server stops; connections and accept loops watch it.
+    pub stopping: Rc<Cell<bool>>,
     /// Seals and opens Kinesis shard iterators.
     pub iterator_key: IteratorKey,
     /// simd-json's scratch buffers, reused by every Kinesis request on this core.
@@ -204,6 +221,7 @@ impl Core {
         senders: Senders<CoreMessage>,
         controller: Option<Controller>,
         iterator_key: [u8; 32],
+        loads: Arc<[AtomicUsize]>,
     ) -> Rc<Core> {
         let committer = Committer::start(config.commit.clone());
         let iterator_ttl_ms = config.kinesis.iterator_ttl_ms;
@@ -219,6 +237,8 @@ impl Core {
             next_id: Cell::new(0),
             controller,
             connections: Cell::new(0),
+            loads,
+            stopping: Rc::new(Cell::new(false)),
             ready: RefCell::new(Some(Vec::new())),
             catalog_waiters: RefCell::new(Vec::new()),
             snapshot_turn: glommio::sync::Semaphore::new(1),
@@ -230,6 +250,45 @@ impl Core {
             request_number: Cell::new(0),
             metrics: Recorder::new(id),
         })
+    }
+
+    /// Chooses the core that serves a connection this core just accepted, and counts it
+    /// there: the core with the fewest open connections when that is fewer than this
+    /// core's, else this one. The kernel spreads connections over the cores' listeners by
+    /// a hash of their addresses, which leaves a few connections (a producer's pool, a
+    /// benchmark's four) unevenly spread as often as not: 3 + 1 or 4 + 0 on two cores,
+    /// where one core then parses every request. Placing by count keeps them within one
+    /// of each other, as Seastar's connection distribution does.
+    pub fn place_connection(&self) -> usize {
+        let mine = self.loads[self.id].load(Ordering::Relaxed);
+        let lightest = (0..self.loads.len())
+            .min_by_key(|&core| (self.loads[core].load(Ordering::Relaxed), core != self.id))
+            .unwrap_or(self.id);
+        let target = if self.loads[lightest].load(Ordering::Relaxed) < mine {
+            lightest
+        } else {
+            self.id
+        };
+        self.loads[target].fetch_add(1, Ordering::Relaxed);
+        target
+    }
+
+    /// Counts a connection on this core that [`Core::place_connection`] had placed
+    /// elsewhere.
+    pub fn place_here(&self) {
+        self.loads[self.id].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts off a connection this core served (placed with [`Core::place_connection`]).
+    pub fn connection_closed(&self) {
+        self.loads[self.id].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Gives back a placement that did not happen (the connection was closed instead).
+    pub fn placement_failed(&self, target: usize) {
+        if let Some(load) = self.loads.get(target) {
+            load.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Runs `parse` with this core's simd-json buffers. The parse is synchronous, so one
@@ -455,6 +514,10 @@ impl Core {
             },
             CoreRequest::Snapshot { catalog, deleted } => {
                 CoreReply::Applied(self.apply_snapshot(catalog, deleted).await)
+            }
+            CoreRequest::Adopt { socket, port } => {
+                crate::net::adopt(self.clone(), socket, port);
+                CoreReply::Applied(Ok(()))
             }
             CoreRequest::Fence {
                 stream_id,
@@ -874,6 +937,7 @@ impl Core {
         snapshot.counters.fsyncs = stats.fsyncs;
         snapshot.counters.commits = stats.commits;
         snapshot.counters.committed_batches = stats.batches;
+        snapshot.counters.connections = self.connections.get() as u64;
         snapshot
     }
 

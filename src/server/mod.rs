@@ -10,12 +10,10 @@ pub mod leases;
 pub mod quota;
 pub mod requests;
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -28,7 +26,7 @@ use crate::config::Config;
 use crate::net;
 use crate::runtime;
 use crate::server::controller::{ControlRequest, Controller};
-use crate::server::core::{Core, CoreMessage, CoreReply, CoreRequest};
+use crate::server::core::{Core, CoreMessage, CoreReply, CoreRequest, Port};
 
 /// How often each core runs retention over its shards.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
@@ -106,11 +104,15 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     }
     let mesh = MeshBuilder::<CoreMessage, _>::full(cores, config.net.core_channel_messages);
     let heartbeats = runtime::Heartbeats::new(cores);
+    let loads: Arc<[AtomicUsize]> = (0..cores).map(|_| AtomicUsize::new(0)).collect();
     let mut handles = Vec::new();
     for (id, (socket, http_socket)) in listeners.into_iter().zip(http_listeners).enumerate() {
         let config = config.clone();
         let mesh = mesh.clone();
-        let stopping = stopping.clone();
+        let shared = Shared {
+            stopping: stopping.clone(),
+            loads: loads.clone(),
+        };
         let heartbeat = heartbeats.beat(id);
         let fd = socket.into_raw_fd();
         let http_fd = http_socket.into_raw_fd();
@@ -127,7 +129,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
                 // See runtime::WAKE_TICK; the tick also feeds the stall watchdog.
                 let tick = runtime::spawn_wake_tick(Some(heartbeat));
                 let result =
-                    run_core(id, cores, config, mesh, listeners, stopping, iterator_key).await;
+                    run_core(id, cores, config, mesh, listeners, shared, iterator_key).await;
                 tick.set(true);
                 result
             })
@@ -163,15 +165,23 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     }
 }
 
+/// What every core shares with the others: the stop flag the signal handler sets, and
+/// each core's count of open connections (see [`Core::place_connection`]).
+struct Shared {
+    stopping: Arc<AtomicBool>,
+    loads: Arc<[AtomicUsize]>,
+}
+
 async fn run_core(
     id: usize,
     cores: usize,
     config: Config,
     mesh: MeshBuilder<CoreMessage, glommio::channels::channel_mesh::Full>,
     (listener, http_listener): (TcpListener, TcpListener),
-    stopping: Arc<AtomicBool>,
+    shared: Shared,
     iterator_key: [u8; 32],
 ) -> Result<(), String> {
+    let Shared { stopping, loads } = shared;
     let (senders, receivers) = mesh
         .join()
         .await
@@ -194,7 +204,7 @@ async fn run_core(
     } else {
         None
     };
-    let core = Core::new(id, cores, config, senders, controller, iterator_key);
+    let core = Core::new(id, cores, config, senders, controller, iterator_key, loads);
     core.listen_to_peers(receivers);
     if let Some(controller) = &core.controller {
         controller.publish(&core, Vec::new()).await?;
@@ -223,7 +233,7 @@ async fn run_core(
         .detach();
     }
     core.wait_ready().await;
-    let local_stop = Rc::new(Cell::new(false));
+    let local_stop = core.stopping.clone();
     let watcher_stop = local_stop.clone();
     let watcher = glommio::spawn_local(async move {
         while !stopping.load(Ordering::Relaxed) {
@@ -243,13 +253,8 @@ async fn run_core(
         }
     })
     .detach();
-    let http = glommio::spawn_local(net::accept_loop(
-        core.clone(),
-        http_listener,
-        local_stop.clone(),
-        net::http::serve,
-    ));
-    net::accept_loop(core.clone(), listener, local_stop, net::serve_binary).await;
+    let http = glommio::spawn_local(net::accept_loop(core.clone(), http_listener, Port::Http));
+    net::accept_loop(core.clone(), listener, Port::Binary).await;
     http.await;
     let _ = watcher.await;
     tracing::info!(
