@@ -1,8 +1,9 @@
-//! Step 1 of the data path: sockets. Each core accepts on its own SO_REUSEPORT listener and
-//! runs its connections: reading frames into one buffer per connection (record payloads are
-//! slices of it from here to the log), serving up to the in-flight limit of requests
-//! concurrently, and writing responses in the order they finish. A malformed frame closes
-//! only its own connection. Runs on the core that accepted the connection.
+//! Step 1 of the data path: sockets. Each core accepts on its own SO_REUSEPORT listener,
+//! places each connection on the core with the fewest (see [`Core::place_connection`]),
+//! and runs the connections placed on it: reading frames into one buffer per connection
+//! (record payloads are slices of it from here to the log), serving up to the in-flight
+//! limit of requests concurrently, and writing responses in the order they finish. A
+//! malformed frame closes only its own connection. Runs on the core serving the connection.
 
 pub mod http;
 
