@@ -338,6 +338,27 @@ impl ShardLog {
     /// stops accepting appends); [`AppendError::Failed`] after such a failure.
     pub async fn append(self: &Rc<Self>, records: &[RecordIn]) -> Result<AppendAck, AppendError> {
         let shape = batch::validate(records)?;
+        self.append_shaped(records, shape).await
+    }
+
+    /// [`ShardLog::append`] for records already checked as part of a larger batch: the
+    /// limits are not checked again.
+    ///
+    /// # Errors
+    /// As [`ShardLog::append`]; [`AppendError::Limit`] only for an empty slice.
+    pub async fn append_valid(
+        self: &Rc<Self>,
+        records: batch::ValidSlice<'_>,
+    ) -> Result<AppendAck, AppendError> {
+        let shape = records.shape()?;
+        self.append_shaped(records.records(), shape).await
+    }
+
+    async fn append_shaped(
+        self: &Rc<Self>,
+        records: &[RecordIn],
+        shape: batch::BatchShape,
+    ) -> Result<AppendAck, AppendError> {
         self.check_healthy()?;
         self.committer.reserve(shape.encoded_bytes).await;
         let (ack, done) = {

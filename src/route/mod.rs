@@ -11,7 +11,8 @@ use futures::future::join_all;
 
 use crate::catalog::{self, Catalog, StreamStatus};
 use crate::limits::RESHARD_WAIT_US_MAX;
-use crate::log::{RecordIn, batch};
+use crate::log::RecordIn;
+use crate::log::batch::{self, Valid};
 use crate::protocol::binary::{PutEntry, PutResult, Status, WireError};
 use crate::server::core::{Core, CoreReply, CoreRequest, SubBatchOutcome};
 
@@ -50,14 +51,22 @@ pub async fn put_records(
             arrival_us,
         });
     }
-    batch::validate(&records).map_err(|e| WireError::new(Status::LimitExceeded, e.to_string()))?;
+    let limit = |e: batch::LimitError| WireError::new(Status::LimitExceeded, e.to_string());
+    let mut todo = Valid::check(records).map_err(limit)?;
+    let mut indices: Vec<usize> = (0..count).collect();
     let mut results: Vec<Option<PutResult>> = vec![None; count];
-    let mut todo: Vec<(usize, RecordIn)> = records.into_iter().enumerate().collect();
     let deadline = std::time::Instant::now() + Duration::from_micros(RESHARD_WAIT_US_MAX);
     loop {
         let snapshot = core.snapshot();
-        let returned =
-            append_once(core, &snapshot, stream_name, todo, &hashes, &mut results).await?;
+        let returned = append_once(
+            core,
+            &snapshot,
+            stream_name,
+            (indices, todo),
+            &hashes,
+            &mut results,
+        )
+        .await?;
         if returned.is_empty() {
             break;
         }
@@ -71,7 +80,11 @@ pub async fn put_records(
             }
             break;
         }
-        todo = returned;
+        // Part of the batch checked above, so within every limit; checked again all the
+        // same, as the rare path it is.
+        let (next, records): (Vec<usize>, Vec<RecordIn>) = returned.into_iter().unzip();
+        indices = next;
+        todo = Valid::check(records).map_err(limit)?;
     }
     Ok(results
         .into_iter()
@@ -81,13 +94,14 @@ pub async fn put_records(
         .collect())
 }
 
-/// Routes `todo` (request index, record) with one catalog and appends it, filling
-/// `results`; returns the records handed back by shards that were closing or moving.
+/// Routes `todo` (each record with its index in the request) with one catalog and appends
+/// it, filling `results`; returns the records handed back by shards that were closing or
+/// moving.
 async fn append_once(
     core: &Rc<Core>,
     snapshot: &Catalog,
     stream_name: &str,
-    todo: Vec<(usize, RecordIn)>,
+    (indices, todo): (Vec<usize>, Valid),
     hashes: &[u128],
     results: &mut [Option<PutResult>],
 ) -> Result<Vec<(usize, RecordIn)>, WireError> {
@@ -97,7 +111,7 @@ async fn append_once(
         .filter(|s| matches!(s.status, StreamStatus::Active | StreamStatus::Updating))
         .ok_or_else(|| stream_not_found(stream_name))?;
     let mut placement = Vec::with_capacity(todo.len());
-    for (index, _) in &todo {
+    for index in &indices {
         let hash = hashes.get(*index).copied().unwrap_or(0);
         let shard = stream.shard_for_hash(hash).ok_or_else(|| {
             WireError::new(Status::Internal, format!("no shard holds hash key {hash}"))
@@ -105,20 +119,27 @@ async fn append_once(
         placement.push((shard.owner_core, shard.index));
     }
     let plan = plan(&placement);
-    let mut sub_batches: Vec<Vec<(u32, Vec<RecordIn>)>> = plan
+    // Sub-batches numbered core by core: core slot c's batch slot b is part first[c] + b.
+    let mut first = Vec::with_capacity(plan.cores.len());
+    let mut sizes = Vec::new();
+    for counts in &plan.counts {
+        first.push(sizes.len());
+        sizes.extend_from_slice(counts);
+    }
+    let part_of: Vec<usize> = plan.slots.iter().map(|&(c, b)| first[c] + b).collect();
+    let mut parts = todo.split(&sizes, &part_of).into_iter();
+    let sub_batches: Vec<Vec<(u32, Valid)>> = plan
         .shards
         .iter()
-        .zip(&plan.counts)
-        .map(|(shards, counts)| {
-            let sized = shards.iter().zip(counts);
-            sized.map(|(&s, &n)| (s, Vec::with_capacity(n))).collect()
+        .map(|shards| {
+            let parts = &mut parts;
+            shards
+                .iter()
+                .map(|&shard| (shard, parts.next().unwrap_or_default()))
+                .collect()
         })
         .collect();
-    let mut order: Vec<usize> = Vec::with_capacity(todo.len());
-    for ((index, record), &(core_slot, batch_slot)) in todo.into_iter().zip(&plan.slots) {
-        sub_batches[core_slot][batch_slot].1.push(record);
-        order.push(index);
-    }
+    let order = indices;
     let calls = plan
         .cores
         .iter()

@@ -20,6 +20,7 @@ use crate::catalog::{Catalog, StreamMeta};
 use crate::commit::Committer;
 use crate::config::Config;
 use crate::limits::READ_WAIT_US_MAX;
+use crate::log::batch::Valid;
 use crate::log::{AppendError, LogConfig, RecordIn, ShardLog, StartPosition};
 use crate::metrics::{CoreMetrics, Op as Measured, Recorder};
 use crate::protocol::binary::{RecordsBody, Response, Status, WireError};
@@ -51,7 +52,7 @@ pub enum CoreRequest {
     /// Append sub-batches to shards the target owns, one per shard.
     Append {
         stream_id: u64,
-        batches: Vec<(u32, Vec<RecordIn>)>,
+        batches: Vec<(u32, Valid)>,
     },
     /// Read from a shard the target owns, waiting up to `wait_us` for records.
     Read {
@@ -651,7 +652,7 @@ impl Core {
     async fn append_local(
         &self,
         stream_id: u64,
-        batches: Vec<(u32, Vec<RecordIn>)>,
+        batches: Vec<(u32, Valid)>,
     ) -> Vec<SubBatchOutcome> {
         let quota = &self.config.quota;
         let now = crate::tools::now_us();
@@ -667,7 +668,7 @@ impl Core {
                 usage
                     .entry((stream_id, *shard))
                     .or_insert_with(|| ShardUsage::new(quota, now))
-                    .admit_writes(records, now)
+                    .admit_writes(records.records(), now)
             })
             .collect();
         let appends = batches
@@ -679,11 +680,12 @@ impl Core {
                     let Some(log) = log else {
                         return Err(not_owned(*shard));
                     };
-                    let records = records.get(..take).unwrap_or(records);
+                    let admitted = records.prefix(take);
+                    let records = admitted.records();
                     if records.is_empty() {
                         return Ok(None);
                     }
-                    let appended = log.append(records).await.map_err(append_error)?;
+                    let appended = log.append_valid(admitted).await.map_err(append_error)?;
                     let bytes: usize = records
                         .iter()
                         .map(|r| r.data.len() + r.partition_key.len())
@@ -719,7 +721,7 @@ impl Core {
                         error: throttled,
                         returned: VecDeque::new(),
                     },
-                    Err(error) => SubBatchOutcome::failed(error, records),
+                    Err(error) => SubBatchOutcome::failed(error, records.into_records()),
                 }
             })
             .collect()
