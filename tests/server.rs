@@ -624,29 +624,26 @@ fn connections_are_spread_evenly_over_the_cores() {
             "after {opened} connections (and the metrics one) the cores hold {counts:?}"
         );
     }
-    // Closed connections are counted off, and placement goes on from the new counts.
+    // Closed connections are counted off, and new ones counted again.
     held.truncate(8);
-    let started = Instant::now();
-    let counts = loop {
-        let counts = connections_per_core(&mut http);
-        if counts.iter().sum::<usize>() == 9 || started.elapsed() > Duration::from_secs(10) {
-            break counts;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(counts.iter().sum::<usize>(), 9, "{counts:?}");
+    wait_for_connections(&mut http, 9);
     for _ in 0..8 {
         let socket = std::net::TcpStream::connect(server.addr).expect("connect");
         held.push(socket);
     }
+    wait_for_connections(&mut http, 17);
+    server.stop();
+}
+
+/// Waits (up to 10 s) until the server counts `total` open connections, and checks it does.
+fn wait_for_connections(http: &mut std::net::TcpStream, total: usize) {
     let started = Instant::now();
     let counts = loop {
-        let counts = connections_per_core(&mut http);
-        if counts.iter().sum::<usize>() == 17 || started.elapsed() > Duration::from_secs(10) {
+        let counts = connections_per_core(http);
+        if counts.iter().sum::<usize>() == total || started.elapsed() > Duration::from_secs(10) {
             break counts;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(counts.iter().sum::<usize>(), 17, "{counts:?}");
-    server.stop();
+    assert_eq!(counts.iter().sum::<usize>(), total, "{counts:?}");
 }
