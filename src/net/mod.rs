@@ -64,7 +64,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, port: Port) {
                 continue;
             }
         };
-        if core.connections.get() >= core.config.net.connections_per_core_max {
+        if core.connections() >= core.config.net.connections_per_core_max {
             tracing::warn!(
                 core = core.id,
                 "connection limit reached; closing a new connection"
@@ -85,13 +85,11 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, port: Port) {
 /// Serves a connection on this core, on a task of its own, counted until it ends.
 fn serve_here(core: Rc<Core>, stream: TcpStream, port: Port) {
     glommio::spawn_local(async move {
-        core.connections.set(core.connections.get() + 1);
         let stopping = core.stopping.clone();
         match port {
             Port::Binary => serve_binary(core.clone(), stream, stopping).await,
             Port::Http => http::serve(core.clone(), stream, stopping).await,
         }
-        core.connections.set(core.connections.get() - 1);
         core.connection_closed();
     })
     .detach();

@@ -139,7 +139,6 @@ async fn append_once(
                 .collect()
         })
         .collect();
-    let order = indices;
     let calls = plan
         .cores
         .iter()
@@ -168,7 +167,7 @@ async fn append_once(
     // past the appended prefix failed, or come back to be routed again.
     let mut taken: Vec<Vec<usize>> = outcomes.iter().map(|a| vec![0; a.len()]).collect();
     let mut returned = Vec::new();
-    for (&(core_slot, batch_slot), &index) in plan.slots.iter().zip(&order) {
+    for (&(core_slot, batch_slot), &index) in plan.slots.iter().zip(&indices) {
         let shard = plan.shards[core_slot][batch_slot];
         let place = &mut taken[core_slot][batch_slot];
         let outcome = outcomes

@@ -187,8 +187,8 @@ pub struct Core {
     next_id: Cell<u64>,
     /// Present on core 0 only.
     pub controller: Option<Controller>,
-    pub connections: Cell<usize>,
-    /// Open connections of every core, shared by all of them, for placing new ones.
+    /// Open connections of every core (placed on it and not yet closed), shared by all of
+    /// them, for placing new ones.
     loads: Arc<[AtomicUsize]>,
     /// Set when the server stops; connections and accept loops watch it.
     pub stopping: Rc<Cell<bool>>,
@@ -237,7 +237,6 @@ impl Core {
             pending: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
             controller,
-            connections: Cell::new(0),
             loads,
             stopping: Rc::new(Cell::new(false)),
             ready: RefCell::new(Some(Vec::new())),
@@ -283,6 +282,11 @@ impl Core {
     /// Counts off a connection this core served (placed with [`Core::place_connection`]).
     pub fn connection_closed(&self) {
         self.loads[self.id].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections placed on this core and still open.
+    pub fn connections(&self) -> usize {
+        self.loads[self.id].load(Ordering::Relaxed)
     }
 
     /// Gives back a placement that did not happen (the connection was closed instead).
@@ -939,7 +943,7 @@ impl Core {
         snapshot.counters.fsyncs = stats.fsyncs;
         snapshot.counters.commits = stats.commits;
         snapshot.counters.committed_batches = stats.batches;
-        snapshot.counters.connections = self.connections.get() as u64;
+        snapshot.counters.connections = self.connections() as u64;
         snapshot
     }
 

@@ -336,11 +336,8 @@ struct Spelled {
     shard: u32,
     seq: u64,
     digits: [u8; sequence::DIGITS],
-    shard_id: [u8; SHARD_ID_BYTES],
+    shard_id: String,
 }
-
-/// `shardId-` and twelve digits.
-const SHARD_ID_BYTES: usize = 20;
 
 /// Shards a [`Speller`] keeps; a put rarely touches more, and the search is linear.
 const SPELLER_SHARDS: usize = 32;
@@ -363,24 +360,18 @@ impl Speller {
     /// `shardId-` and the shard's index in twelve digits.
     pub fn shard_id(&mut self, shard: u32) -> &[u8] {
         let slot = self.slot(shard, 0);
-        &self.shards[slot].shard_id
+        self.shards[slot].shard_id.as_bytes()
     }
 
     fn slot(&mut self, shard: u32, seq: u64) -> usize {
         if let Some(slot) = self.shards.iter().position(|s| s.shard == shard) {
             return slot;
         }
-        let mut shard_id = *b"shardId-000000000000";
-        let mut index = shard;
-        for digit in shard_id.iter_mut().rev().take(12) {
-            *digit = b'0' + (index % 10) as u8;
-            index /= 10;
-        }
         let spelled = Spelled {
             shard,
             seq,
             digits: sequence::digits(shard, seq),
-            shard_id,
+            shard_id: crate::catalog::shard_id(shard),
         };
         if self.shards.len() < SPELLER_SHARDS {
             self.shards.push(spelled);

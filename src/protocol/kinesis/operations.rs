@@ -1046,7 +1046,7 @@ async fn put_record(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, K
         .map_err(from_wire)?;
     let mut out = Out::with_capacity(128);
     out.begin_object()
-        .plain_str("ShardId", Speller::default().shard_id(shard))
+        .str("ShardId", &shard_id(shard))
         .plain_str("SequenceNumber", &sequence::digits(shard, seq))
         .str("EncryptionType", "NONE")
         .end_object();
