@@ -796,7 +796,21 @@ fn serve(
         config.cores = cores;
     }
     config.validate().map_err(|e| e.to_string())?;
+    abort_on_panic();
     spate::server::serve(config).map_err(|e| e.to_string())
+}
+
+/// Makes a panic on any thread end the server. glommio catches panics in wakers and keeps
+/// the executor going with its task in an unknown state; a server half alive that way holds
+/// its ports and answers nothing. Ending the process lets a supervisor restart it, and
+/// recovery rebuilds every shard from its log, which holds everything acknowledged.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("spate: a server thread panicked; stopping the server (restart it to recover)");
+        std::process::abort();
+    }));
 }
 
 fn run_log_bench(options: log_bench::LogBenchOptions) -> Result<(), String> {

@@ -313,7 +313,11 @@ impl Reactor {
             .entry(id)
             .or_insert_with(|| (SmallVec::new(), None));
 
-        map.0.push(waker);
+        // spate patch: as in `Source::add_waiter_many`, a task polled again while it waits
+        // on the channel must not add a clone of its waker each time.
+        if !map.0.iter().any(|w| w.will_wake(&waker)) {
+            map.0.push(waker);
+        }
     }
 
     pub(crate) fn alloc_dma_buffer(&self, size: usize) -> DmaBuffer {

@@ -283,8 +283,17 @@ impl Source {
 
     // adds a waiter to the list. Useful for streams that have many futures waiting
     // on a single I/O source
+    //
+    // spate patch: a waker already on the list is not added again. A pending future polled
+    // again by its task (an accept raced against a timer in `or`, every tick) used to push
+    // one more clone each time; each clone holds a task reference, and the task's i16
+    // reference count overflows after 32,767 of them, which panics the executor.
     pub(crate) fn add_waiter_many(&self, waker: Waker) {
-        self.inner.borrow_mut().wakers.waiters.push(waker)
+        let mut inner = self.inner.borrow_mut();
+        let waiters = &mut inner.wakers.waiters;
+        if !waiters.iter().any(|w| w.will_wake(&waker)) {
+            waiters.push(waker)
+        }
     }
 
     pub(super) fn is_installed(&self) -> Option<bool> {
