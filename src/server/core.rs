@@ -196,6 +196,9 @@ pub struct Core {
     pub iterator_key: IteratorKey,
     /// simd-json's scratch buffers, reused by every Kinesis request on this core.
     json_buffers: RefCell<simd_json::Buffers>,
+    /// Tapes of finished requests, kept for their allocation (a PutRecords of 500 records
+    /// makes a tape of about 3,500 nodes). Never more than one per request in flight.
+    json_tapes: RefCell<Vec<simd_json::tape::Tape<'static>>>,
     request_number: Cell<u64>,
     /// This core's latency histograms and counters.
     pub metrics: Recorder,
@@ -247,6 +250,7 @@ impl Core {
             next_generation: Cell::new(1),
             iterator_key: IteratorKey::new(iterator_key, iterator_ttl_ms),
             json_buffers: RefCell::new(simd_json::Buffers::with_max_depth(4096, JSON_DEPTH_MAX)),
+            json_tapes: RefCell::new(Vec::new()),
             request_number: Cell::new(0),
             metrics: Recorder::new(id),
         })
@@ -300,6 +304,25 @@ impl Core {
     /// set of buffers serves every request on the core.
     pub fn json_buffers<T>(&self, parse: impl FnOnce(&mut simd_json::Buffers) -> T) -> T {
         parse(&mut self.json_buffers.borrow_mut())
+    }
+
+    /// An empty simd-json tape, with the allocation of an earlier request's when one is
+    /// free.
+    pub fn json_tape<'a>(&self) -> simd_json::tape::Tape<'a> {
+        match self.json_tapes.borrow_mut().pop() {
+            Some(tape) => tape.reset(),
+            None => simd_json::tape::Tape(Vec::new()),
+        }
+    }
+
+    /// Keeps `tape`'s allocation for a later request.
+    pub fn return_json_tape(&self, tape: simd_json::tape::Tape<'_>) {
+        /// Tapes kept at most: enough for the requests a core has in flight at once.
+        const KEPT: usize = 64;
+        let mut tapes = self.json_tapes.borrow_mut();
+        if tapes.len() < KEPT {
+            tapes.push(tape.reset());
+        }
     }
 
     /// A number for the next request id on this core.

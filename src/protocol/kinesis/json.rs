@@ -44,6 +44,38 @@ impl<'a, 'v> Input<'a, 'v> {
         }
     }
 
+    /// Several string members in one pass over the object: what [`Input::str`] gives for
+    /// each of `names`, in the same order. For the members of each of a put's records,
+    /// where looking each name up on its own scans the record once per name.
+    ///
+    /// # Errors
+    /// `SerializationException` for the first of them, in document order, that is present
+    /// but not a string.
+    pub fn strs<const N: usize>(
+        &self,
+        names: [&'static str; N],
+    ) -> Result<[Option<&'v str>; N], KinesisError> {
+        let mut found = [None; N];
+        let mut seen = [false; N];
+        let Some(object) = self.object.into_object() else {
+            return Ok(found);
+        };
+        for (key, value) in object.iter() {
+            let Some(slot) = names.iter().position(|name| *name == key) else {
+                continue;
+            };
+            // The first occurrence of a name counts, as with a lookup by name.
+            if std::mem::replace(&mut seen[slot], true) || value.is_null() {
+                continue;
+            }
+            match value.into_string() {
+                Some(text) => found[slot] = Some(text),
+                None => return Err(type_error(names[slot], "string")),
+            }
+        }
+        Ok(found)
+    }
+
     /// # Errors
     /// `ValidationException` when missing; `SerializationException` when not a string.
     pub fn required_str(&self, name: &str) -> Result<&'v str, KinesisError> {
@@ -135,7 +167,7 @@ fn type_error(name: &str, expected: &str) -> KinesisError {
     KinesisError::serialization(format!("Member {name} must be a {expected}"))
 }
 
-fn missing(name: &str) -> KinesisError {
+pub(super) fn missing(name: &str) -> KinesisError {
     let path = lower_camel(name);
     KinesisError::validation(format!(
         "1 validation error detected: Value null at '{path}' failed to satisfy constraint: Member must not be null"
@@ -483,5 +515,30 @@ mod tests {
         assert_eq!(input.str("Name").ok().flatten(), Some("a\"b\\c\n\u{1}"));
         assert_eq!(input.str("Data").ok().flatten(), Some("aGVsbG8="));
         assert_eq!(input.int("Count").ok().flatten(), Some(-3));
+    }
+
+    #[test]
+    fn several_members_in_one_pass_read_as_lookups_by_name_do() {
+        let documents: [&[u8]; 6] = [
+            br#"{"A":"1","B":"2","C":"3"}"#,
+            br#"{"C":"3","A":"1"}"#,
+            br#"{"A":null,"B":"2","Other":5}"#,
+            br#"{"A":"first","A":"second","B":null,"B":"late"}"#,
+            br#"{"B":7}"#,
+            br#"{}"#,
+        ];
+        for document in documents {
+            let mut bytes = document.to_vec();
+            let tape = simd_json::to_tape(&mut bytes).expect("valid JSON");
+            let input = Input::new(tape.as_value()).expect("object");
+            let by_name: Result<Vec<Option<&str>>, _> =
+                ["A", "B", "C"].iter().map(|name| input.str(name)).collect();
+            let one_pass = input.strs(["A", "B", "C"]);
+            match (by_name, one_pass) {
+                (Ok(expected), Ok(found)) => assert_eq!(found.to_vec(), expected),
+                (Err(expected), Err(found)) => assert_eq!(found.message, expected.message),
+                (expected, found) => panic!("{document:?}: {expected:?} against {found:?}"),
+            }
+        }
     }
 }

@@ -165,26 +165,34 @@ async fn serve(core: &Rc<Core>, request: Request<Incoming>) -> Result<Reply, Kin
         })?
         .aggregate();
     // simd-json parses in place, so the body's chunks are copied, once, into one mutable
-    // buffer.
-    let mut document = Vec::with_capacity(body.remaining());
+    // buffer, with the padding its SIMD stage reads past the end: it then parses that
+    // buffer instead of copying it into a padded one of its own.
+    let len = body.remaining();
+    let mut document = Vec::with_capacity(len + simd_json::INPUT_PADDING);
     document.put(body);
+    document.resize(len + simd_json::INPUT_PADDING, b' ');
     let now_s = i64::try_from(crate::tools::now_us() / 1_000_000).unwrap_or(i64::MAX);
-    auth::check(&parts, &document, &core.config.auth_keys, now_s)?;
-    if document.is_empty() {
+    auth::check(&parts, &document[..len], &core.config.auth_keys, now_s)?;
+    if len == 0 {
         return Err(KinesisError::serialization(
             "Request body is empty; send {} at least",
         ));
     }
-    let tape = core
-        .json_buffers(|buffers| simd_json::to_tape_with_buffers(&mut document, buffers))
-        .map_err(|e| KinesisError::serialization(format!("Request body is not valid JSON: {e}")))?;
+    let mut tape = core.json_tape();
+    core.json_buffers(|buffers| {
+        simd_json::fill_tape_padded(&mut document, len, buffers, &mut tape)
+    })
+    .map_err(|e| KinesisError::serialization(format!("Request body is not valid JSON: {e}")))?;
     let input = json::Input::new(tape.as_value())?;
-    if operation == "SubscribeToShard" {
-        return subscribe::start(core, &input).await.map(Reply::Events);
-    }
-    operations::dispatch(core, &operation, &input)
-        .await
-        .map(Reply::Json)
+    let reply = if operation == "SubscribeToShard" {
+        subscribe::start(core, &input).await.map(Reply::Events)
+    } else {
+        operations::dispatch(core, &operation, &input)
+            .await
+            .map(Reply::Json)
+    };
+    core.return_json_tape(tape);
+    reply
 }
 
 fn error_response(error: &KinesisError, request_id: &str) -> Response<Body> {

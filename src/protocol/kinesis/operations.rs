@@ -952,7 +952,8 @@ fn decode_records(
     let mut checked = Vec::with_capacity(records.len());
     let mut total = 0usize;
     for (i, record) in records.iter().enumerate() {
-        let key = record.required_str("PartitionKey")?;
+        let [key, data, hash] = record.strs(["PartitionKey", "Data", "ExplicitHashKey"])?;
+        let key = key.ok_or_else(|| super::json::missing("PartitionKey"))?;
         let chars = if key.is_ascii() {
             key.len()
         } else {
@@ -970,7 +971,7 @@ fn decode_records(
                 }
             )));
         }
-        let data = record.required_str("Data")?;
+        let data = data.ok_or_else(|| super::json::missing("Data"))?;
         let size = base64_simd::STANDARD
             .decoded_length(data.as_bytes())
             .map_err(|_| {
@@ -983,10 +984,7 @@ fn decode_records(
                 path(i, "data")
             )));
         }
-        let hash = record
-            .str("ExplicitHashKey")?
-            .map(parse_hash_key)
-            .transpose()?;
+        let hash = hash.map(parse_hash_key).transpose()?;
         total += size + key.len();
         checked.push(Checked { key, data, hash });
     }
