@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -246,7 +246,7 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
             .map_err(|e| format!("starting load worker: {e}"))?;
         handles.push(handle);
     }
-    progress(&options, &counters, start);
+    progress(&options, &counters, start, &interrupt_flag());
     let measured_from = start + options.warmup;
     let mut report = LoadReport {
         mode: if options.rate.is_some() {
@@ -332,7 +332,19 @@ fn ensure_stream(options: &LoadOptions) -> Result<(), String> {
     .map_err(|e| e.to_string())?
 }
 
-fn progress(options: &LoadOptions, counters: &Counters, start: Instant) {
+/// Set by the first Ctrl-C (or SIGTERM): the run stops early and still reports what it
+/// measured, as wrk does. A second one ends the process at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registration fails only for signals that cannot be caught; these two can.
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone());
+        let _ = signal_hook::flag::register(signal, flag.clone());
+    }
+    flag
+}
+
+fn progress(options: &LoadOptions, counters: &Counters, start: Instant, interrupted: &AtomicBool) {
     let warmup_end = start + options.warmup;
     let end = warmup_end + options.duration;
     let mut last = (0u64, 0u64, Instant::now());
@@ -356,6 +368,11 @@ fn progress(options: &LoadOptions, counters: &Counters, start: Instant) {
             );
         }
         last = (records, bytes, now);
+        if interrupted.load(Ordering::Relaxed) {
+            eprintln!("load: interrupted; stopping early and reporting what ran");
+            counters.stop.store(true, Ordering::Relaxed);
+            return;
+        }
         if now >= end {
             counters.stop.store(true, Ordering::Relaxed);
             return;
