@@ -90,7 +90,7 @@ for name, size in (("put-100", 100), ("put-1k", 1024)):
     print(f"| {size} B, max rate (closed loop) | {s['records_per_s']/1e6:.2f} M | {s['mb_per_s']:.0f} | "
           f"{l['p50']:.1f} / {l['p99']:.1f} / {l['max']:.1f} | {r/1e6:.2f} M | {r99:.1f} | {s['records_per_s']/r:.2f} |")
 h = load("latency-half"); l = h["latency_ms"]
-print(f"| 100 B at half the max, {h['rate']} records/s (open loop) | {h['records_per_s']/1e6:.2f} M | {h['mb_per_s']:.0f} | "
+print(f"| 100 B at half the max, {h['rate']:,.0f} records/s (open loop) | {h['records_per_s']/1e6:.2f} M | {h['mb_per_s']:.0f} | "
       f"{l['p50']:.1f} / {l['p99']:.1f} / {l['max']:.1f} | – | – | – |")
 print(f"\nPeak resident memory: spate server {int(peak_kb)/1024:.0f} MiB, Redis {int(redis_kb)/1024:.0f} MiB.")
 PY
