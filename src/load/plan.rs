@@ -49,6 +49,11 @@ pub fn ramp(
         };
         eprintln!("plan: offering {rate:.0} records/s");
         let result = report::run(options)?;
+        if report::interrupted() {
+            // The step was cut short, so it says nothing about this rate.
+            stopped_because = format!("interrupted during the step at {rate:.0} records/s");
+            break;
+        }
         let step = Step {
             offered_per_s: rate,
             achieved_per_s: result.records_per_s(),

@@ -246,7 +246,7 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
             .map_err(|e| format!("starting load worker: {e}"))?;
         handles.push(handle);
     }
-    progress(&options, &counters, start, &interrupt_flag());
+    progress(&options, &counters, start, interrupt_flag());
     let measured_from = start + options.warmup;
     let mut report = LoadReport {
         mode: if options.rate.is_some() {
@@ -333,15 +333,24 @@ fn ensure_stream(options: &LoadOptions) -> Result<(), String> {
 }
 
 /// Set by the first Ctrl-C (or SIGTERM): the run stops early and still reports what it
-/// measured, as wrk does. A second one ends the process at once.
-fn interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // Registration fails only for signals that cannot be caught; these two can.
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone());
-        let _ = signal_hook::flag::register(signal, flag.clone());
-    }
-    flag
+/// measured, as wrk does. A second one ends the process at once. The handlers are
+/// installed once per process, so a plan's many runs share them.
+fn interrupt_flag() -> &'static AtomicBool {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // Registration fails only for signals that cannot be caught; these two can.
+            let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone());
+            let _ = signal_hook::flag::register(signal, flag.clone());
+        }
+        flag
+    })
+}
+
+/// Whether a run of this process was stopped early by Ctrl-C or SIGTERM.
+pub fn interrupted() -> bool {
+    interrupt_flag().load(Ordering::Relaxed)
 }
 
 fn progress(options: &LoadOptions, counters: &Counters, start: Instant, interrupted: &AtomicBool) {

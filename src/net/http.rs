@@ -16,6 +16,7 @@ use glommio::net::TcpStream;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::server::conn::auto;
 
+use super::READ_CHUNK_BYTES;
 use crate::protocol::kinesis;
 use crate::server::core::Core;
 
@@ -119,9 +120,6 @@ impl Read for HyperIo {
         })
     }
 }
-
-/// Most bytes one read from a connection hands to hyper.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 thread_local! {
     /// Each thread's landing buffer for socket reads (see [`HyperIo`]'s `poll_read`):

@@ -30,7 +30,7 @@ use crate::server::requests;
 /// How long a subscription waits for records before checking that its connection lives.
 const SUBSCRIBE_POLL: Duration = Duration::from_millis(500);
 /// Bytes read from a socket at a time.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Accepts connections on `listener` until the core stops, within the core's connection
 /// limit, and has each served on the core [`Core::place_connection`] picks: here, on a

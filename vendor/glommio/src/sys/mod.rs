@@ -307,10 +307,9 @@ impl SleepNotifier {
 
     pub(crate) fn notify(&self, force: bool) {
         // spate patch: orders whatever the caller published for the sleeper (a channel
-        // slot, a foreign waker) before the read of `should_notify`. The sleeper stores
-        // `should_notify` and then fences (`membarrier::heavy`) before it looks for such
-        // work, so either it sees the work or this sees it asleep and writes its eventfd.
-        std::sync::atomic::fence(Ordering::SeqCst);
+        // slot, a foreign waker) before the read of `should_notify`; pairs with
+        // `membarrier::heavy` on the sleeping side (see membarrier.rs).
+        membarrier::light();
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
