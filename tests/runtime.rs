@@ -3,7 +3,8 @@
 //! (the accept loops race each accept against a 100 ms stop-check tick), must not pile up
 //! references to itself. Each waker clone holds one, the count is an i16, and glommio
 //! panics the executor when it overflows: with unpatched glommio 0.9.0 a server died after
-//! 27 minutes without a connection on one of its ports (two polls per tick).
+//! 27 minutes without a connection on one of its ports (two polls per tick). Also that a
+//! directory opens by a relative path (`spate log-bench --dir x` failed with EBADF).
 
 mod common;
 
@@ -72,4 +73,20 @@ fn a_channel_receive_polled_many_times_still_receives() {
     });
     assert_eq!(received, Some(7));
     assert!(producer.join().expect("producer thread"));
+}
+
+#[test]
+fn a_directory_opens_and_syncs_by_a_relative_path() {
+    let dir = tempfile::Builder::new()
+        .prefix("relative-dir-")
+        .tempdir_in(".")
+        .expect("temp dir");
+    let name = dir.path().file_name().expect("a name").to_os_string();
+    let relative = std::path::PathBuf::from(name);
+    assert!(relative.is_relative());
+    run(move || async move {
+        spate::log::files::sync_dir(&relative)
+            .await
+            .expect("sync a directory named by a relative path");
+    });
 }

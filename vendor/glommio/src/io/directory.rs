@@ -49,7 +49,13 @@ impl Directory {
 
     /// Asynchronously open the directory at path
     pub async fn open<P: AsRef<Path>>(path: P) -> Result<Directory> {
-        let path = path.as_ref().to_owned();
+        // spate: open_at with dirfd -1 fails with EBADF for a relative path (-1 is not
+        // AT_FDCWD); resolve it against the working directory as GlommioFile::open_at does.
+        let path = if path.as_ref().is_relative() {
+            std::fs::canonicalize(".")?.join(path.as_ref())
+        } else {
+            path.as_ref().to_owned()
+        };
         let flags = libc::O_DIRECTORY | libc::O_CLOEXEC;
         let reactor = crate::executor().reactor();
         let source = reactor.open_at(-1, &path, flags, 0o755);
