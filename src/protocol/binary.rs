@@ -1061,14 +1061,27 @@ impl Reader {
         Ok(out)
     }
 
+    /// Steps over `n` bytes without slicing them: no reference count touched.
     fn skip(&mut self, field: &'static str, n: usize) -> Result<(), BodyError> {
-        self.take(field, n).map(|_| ())
+        let present = self.body.len() - self.at;
+        if n > present {
+            return Err(BodyError::Truncated {
+                field,
+                needed: n,
+                present,
+            });
+        }
+        self.at += n;
+        Ok(())
     }
 
+    /// Copies out a fixed-width field. Reads the body in place: slicing a `Bytes` for each
+    /// integer cost an atomic increment and decrement apiece, three times a record.
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], BodyError> {
-        let bytes = self.take(field, N)?;
+        let start = self.at;
+        self.skip(field, N)?;
         let mut out = [0u8; N];
-        out.copy_from_slice(&bytes);
+        out.copy_from_slice(&self.body[start..start + N]);
         Ok(out)
     }
 
@@ -1094,8 +1107,10 @@ impl Reader {
 
     fn str(&mut self, field: &'static str) -> Result<String, BodyError> {
         let len = usize::from(self.u16(field)?);
-        let bytes = self.take(field, len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| BodyError::NotUtf8 { field })
+        let start = self.at;
+        self.skip(field, len)?;
+        String::from_utf8(self.body[start..start + len].to_vec())
+            .map_err(|_| BodyError::NotUtf8 { field })
     }
 
     fn checkpoint(&mut self) -> Result<Checkpoint, BodyError> {
