@@ -1,41 +1,52 @@
-//! Partition-key hashing for whole puts: MD5 (RFC 1321) of up to eight keys at once in
+//! Partition-key hashing for whole puts: MD5 (RFC 1321) of up to sixteen keys at once in
 //! AVX2 lanes. A put carries up to 500 keys, and hashing them one by one was the largest
 //! single cost of the put path (about an eighth of the server's CPU time); MD5 is serial
 //! within one message but independent across messages, so eight short keys take about the
-//! time of one. Keys that do not fit one block (over 55 bytes), machines without AVX2 and
-//! the leftovers of a put go through the scalar MD5 of the md-5 crate. Both give exactly
-//! [`super::hash_key`]; a test compares them on many keys.
+//! time of one, and two groups of eight whose steps interleave fill the gaps that one
+//! group's chain of dependent steps leaves. Keys that do not fit one block (over 55 bytes),
+//! machines without AVX2 and the last one or two keys of a put go through the scalar MD5
+//! of the md-5 crate. Both give exactly [`super::hash_key`]; a test compares them on many
+//! keys.
 
 /// The hash keys of `keys`, in order: MD5 of each, as a big-endian 128-bit integer.
 pub fn hash_keys<K: AsRef<[u8]>>(keys: &[K], out: &mut Vec<u128>) {
     out.reserve(keys.len());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        let mut lanes: [&[u8]; 8] = [&[]; 8];
-        let mut chunks = keys.chunks_exact(8);
-        for chunk in &mut chunks {
+        for chunk in keys.chunks(16) {
+            let mut lanes: [&[u8]; 16] = [&[]; 16];
             let mut single_block = true;
             for (lane, key) in lanes.iter_mut().zip(chunk) {
                 *lane = key.as_ref();
                 single_block &= lane.len() <= SINGLE_BLOCK_BYTES_MAX;
             }
-            if single_block {
-                // SAFETY: AVX2 is present (checked above); the function reads only `lanes`.
-                out.extend(unsafe { x86::md5x8(&lanes) });
-            } else {
+            let lanes = &lanes[..chunk.len()];
+            if !single_block || chunk.len() < VECTOR_KEYS_MIN {
                 out.extend(lanes.iter().map(|key| super::hash_key(key)));
+            } else if let Ok(sixteen) = <&[&[u8]; 16]>::try_from(lanes) {
+                // SAFETY: AVX2 is present (checked above); the function reads only `lanes`.
+                out.extend(unsafe { x86::md5x16(sixteen) });
+            } else {
+                // A short chunk (the end of a put): unused lanes hash empty keys, dropped.
+                let mut eight: [&[u8]; 8] = [&[]; 8];
+                let mut rest = lanes;
+                while !rest.is_empty() {
+                    let take = rest.len().min(8);
+                    eight[..take].copy_from_slice(&rest[..take]);
+                    eight[take..].fill(&[]);
+                    // SAFETY: AVX2 is present (checked above); reads only `eight`.
+                    out.extend(unsafe { x86::md5x8(&eight) }.into_iter().take(take));
+                    rest = &rest[take..];
+                }
             }
         }
-        out.extend(
-            chunks
-                .remainder()
-                .iter()
-                .map(|k| super::hash_key(k.as_ref())),
-        );
         return;
     }
     out.extend(keys.iter().map(|k| super::hash_key(k.as_ref())));
 }
+
+/// Fewer keys than this are hashed one by one: a vector pass costs about three scalar ones.
+const VECTOR_KEYS_MIN: usize = 3;
 
 /// The longest message that fits one 64-byte MD5 block with its padding and length.
 const SINGLE_BLOCK_BYTES_MAX: usize = 55;
@@ -73,20 +84,29 @@ const fn word_index(i: usize) -> usize {
     }
 }
 
-/// The single padded block of a message of at most 55 bytes, as sixteen little-endian words.
-fn padded_words(message: &[u8]) -> [u32; 16] {
-    let mut block = [0u8; 64];
-    block[..message.len()].copy_from_slice(message);
-    block[message.len()] = 0x80;
-    block[56..].copy_from_slice(&((message.len() as u64) * 8).to_le_bytes());
-    std::array::from_fn(|j| {
-        u32::from_le_bytes([
-            block[4 * j],
-            block[4 * j + 1],
-            block[4 * j + 2],
-            block[4 * j + 3],
-        ])
-    })
+/// The single padded blocks of eight messages of at most 55 bytes each, transposed:
+/// `columns[j][lane]` is word `j` (little-endian) of that lane's block. Written word by
+/// word straight into place: the message's whole words, the partial one with the 0x80
+/// that ends it, and the bit length; the rest stays zero.
+fn padded_columns(messages: &[&[u8]; 8]) -> [[u32; 8]; 16] {
+    let mut columns = [[0u32; 8]; 16];
+    for (lane, message) in messages.iter().enumerate() {
+        let mut words = message.chunks_exact(4);
+        let mut j = 0;
+        for word in &mut words {
+            columns[j][lane] = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+            j += 1;
+        }
+        let rest = words.remainder();
+        let mut last = [0u8; 4];
+        last[..rest.len()].copy_from_slice(rest);
+        last[rest.len()] = 0x80;
+        columns[j][lane] = u32::from_le_bytes(last);
+        let bits = (message.len() as u64) * 8;
+        columns[14][lane] = bits as u32;
+        columns[15][lane] = (bits >> 32) as u32;
+    }
+    columns
 }
 
 /// The hash key (MD5 digest read as a big-endian integer) from a final MD5 state.
@@ -101,7 +121,7 @@ fn digest_value(state: [u32; 4]) -> u128 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{INIT, K, SHIFTS, digest_value, padded_words, word_index};
+    use super::{INIT, K, SHIFTS, digest_value, padded_columns, word_index};
 
     /// MD5 of eight messages of at most 55 bytes each, one per AVX2 lane.
     ///
@@ -109,38 +129,74 @@ mod x86 {
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn md5x8(messages: &[&[u8]; 8]) -> [u128; 8] {
-        let words: [[u32; 16]; 8] = std::array::from_fn(|lane| padded_words(messages[lane]));
-        // Transpose: vector j holds word j of every lane.
-        let m: [__m256i; 16] = std::array::from_fn(|j| {
-            let column: [u32; 8] = std::array::from_fn(|lane| words[lane][j]);
-            // SAFETY: reads 32 bytes from a local [u32; 8]; unaligned loads are allowed.
-            unsafe { _mm256_loadu_si256(column.as_ptr().cast()) }
+        let [state] = rounds([transpose(messages)]);
+        digests(state)
+    }
+
+    /// MD5 of sixteen messages of at most 55 bytes each: two groups of eight lanes whose
+    /// steps interleave. One group's 64 steps are a chain, each waiting on the last, so the
+    /// vector units idle between them; a second, independent chain fills those gaps.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn md5x16(messages: &[&[u8]; 16]) -> [u128; 16] {
+        let (low, high) = messages.split_at(8);
+        let groups = [low, high].map(|half| {
+            let half: &[&[u8]; 8] = half.try_into().unwrap_or(&[&[]; 8]);
+            transpose(half)
         });
+        let [first, second] = rounds(groups);
+        let (first, second) = (digests(first), digests(second));
+        std::array::from_fn(|i| if i < 8 { first[i] } else { second[i - 8] })
+    }
+
+    /// The padded single blocks of eight messages, transposed: vector j holds word j of
+    /// every lane.
+    #[target_feature(enable = "avx2")]
+    fn transpose(messages: &[&[u8]; 8]) -> [__m256i; 16] {
+        let columns = padded_columns(messages);
+        std::array::from_fn(|j| {
+            // SAFETY: reads 32 bytes from a local [u32; 8]; unaligned loads are allowed.
+            unsafe { _mm256_loadu_si256(columns[j].as_ptr().cast()) }
+        })
+    }
+
+    /// The 64 MD5 steps over `G` independent groups of eight lanes, step by step across
+    /// the groups; returns each group's A, B, C, D before the final addition.
+    #[target_feature(enable = "avx2")]
+    fn rounds<const G: usize>(m: [[__m256i; 16]; G]) -> [[__m256i; 4]; G] {
         let ones = _mm256_set1_epi32(-1);
-        let [mut a, mut b, mut c, mut d] = INIT.map(|v| _mm256_set1_epi32(v as i32));
+        let mut state = [INIT.map(|v| _mm256_set1_epi32(v as i32)); G];
         for i in 0..64 {
-            let f = match i / 16 {
-                0 => _mm256_or_si256(_mm256_and_si256(b, c), _mm256_andnot_si256(b, d)),
-                1 => _mm256_or_si256(_mm256_and_si256(d, b), _mm256_andnot_si256(d, c)),
-                2 => _mm256_xor_si256(_mm256_xor_si256(b, c), d),
-                _ => _mm256_xor_si256(c, _mm256_or_si256(b, _mm256_xor_si256(d, ones))),
-            };
-            let sum = _mm256_add_epi32(
-                _mm256_add_epi32(a, f),
-                _mm256_add_epi32(_mm256_set1_epi32(K[i] as i32), m[word_index(i)]),
-            );
+            let constant = _mm256_set1_epi32(K[i] as i32);
             let shift = SHIFTS[i / 16][i % 4];
-            let rotated = _mm256_or_si256(
-                _mm256_sll_epi32(sum, _mm_cvtsi32_si128(shift as i32)),
-                _mm256_srl_epi32(sum, _mm_cvtsi32_si128(32 - shift as i32)),
-            );
-            let next_b = _mm256_add_epi32(b, rotated);
-            a = d;
-            d = c;
-            c = b;
-            b = next_b;
+            let left = _mm_cvtsi32_si128(shift as i32);
+            let right = _mm_cvtsi32_si128(32 - shift as i32);
+            for (group, words) in state.iter_mut().zip(&m) {
+                let [a, b, c, d] = *group;
+                let f = match i / 16 {
+                    0 => _mm256_or_si256(_mm256_and_si256(b, c), _mm256_andnot_si256(b, d)),
+                    1 => _mm256_or_si256(_mm256_and_si256(d, b), _mm256_andnot_si256(d, c)),
+                    2 => _mm256_xor_si256(_mm256_xor_si256(b, c), d),
+                    _ => _mm256_xor_si256(c, _mm256_or_si256(b, _mm256_xor_si256(d, ones))),
+                };
+                let sum = _mm256_add_epi32(
+                    _mm256_add_epi32(a, f),
+                    _mm256_add_epi32(constant, words[word_index(i)]),
+                );
+                let rotated =
+                    _mm256_or_si256(_mm256_sll_epi32(sum, left), _mm256_srl_epi32(sum, right));
+                *group = [d, _mm256_add_epi32(b, rotated), b, c];
+            }
         }
-        let finals = [a, b, c, d].map(|v| {
+        state
+    }
+
+    /// Hash keys from one group's final vectors.
+    #[target_feature(enable = "avx2")]
+    fn digests(state: [__m256i; 4]) -> [u128; 8] {
+        let finals = state.map(|v| {
             let mut lanes = [0u32; 8];
             // SAFETY: writes 32 bytes into a local [u32; 8]; unaligned stores are allowed.
             unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v) };
@@ -181,13 +237,13 @@ mod tests {
                 keys.push(key);
             }
         }
-        for count in [0, 1, 7, 8, 9, 16, 63, keys.len()] {
+        for count in [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 18, 24, 31, 63, keys.len()] {
             let mut hashed = Vec::new();
             hash_keys(&keys[..count], &mut hashed);
             assert_eq!(hashed, scalar(&keys[..count]), "first {count} keys");
         }
         // Only short keys, so every chunk takes the eight-lane path.
-        let short: Vec<Vec<u8>> = (0..800).map(|i| format!("key-{i}").into_bytes()).collect();
+        let short: Vec<Vec<u8>> = (0..803).map(|i| format!("key-{i}").into_bytes()).collect();
         let mut hashed = Vec::new();
         hash_keys(&short, &mut hashed);
         assert_eq!(hashed, scalar(&short));
