@@ -134,40 +134,18 @@ impl Read for HyperIo {
     }
 }
 
-/// A non-blocking recv(2) from `stream` into `buf`'s spare room. `None` when no byte is
-/// waiting (or the call was interrupted): the caller then reads through glommio.
+/// [`super::recv_nonblocking`] into `buf`'s spare room, advancing it past what came.
 fn recv_into(stream: &TcpStream, buf: &mut ReadBufCursor<'_>) -> Option<std::io::Result<usize>> {
     use std::os::fd::AsRawFd;
     // SAFETY: the slice is only handed to the kernel to write into; no byte of it that was
     // initialised is uninitialised by that.
     let spare = unsafe { buf.as_mut() };
-    if spare.is_empty() {
-        return None;
+    let read = super::recv_nonblocking(stream.as_raw_fd(), spare)?;
+    if let Ok(n) = read {
+        // SAFETY: the kernel initialised the first `n` bytes of the spare room.
+        unsafe { buf.advance(n) };
     }
-    // SAFETY: recv writes at most `spare.len()` bytes into memory we hold exclusively, and
-    // the descriptor is open for as long as `stream` lives.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            spare.as_mut_ptr().cast(),
-            spare.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    match usize::try_from(n) {
-        Ok(n) => {
-            // SAFETY: the kernel initialised the first `n` bytes of the spare room.
-            unsafe { buf.advance(n) };
-            Some(Ok(n))
-        }
-        Err(_) => {
-            let error = std::io::Error::last_os_error();
-            match error.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
-                _ => Some(Err(error)),
-            }
-        }
-    }
+    Some(read)
 }
 
 thread_local! {
