@@ -1048,17 +1048,9 @@ impl Reader {
     }
 
     fn take(&mut self, field: &'static str, n: usize) -> Result<Bytes, BodyError> {
-        let present = self.body.len() - self.at;
-        if n > present {
-            return Err(BodyError::Truncated {
-                field,
-                needed: n,
-                present,
-            });
-        }
-        let out = self.body.slice(self.at..self.at + n);
-        self.at += n;
-        Ok(out)
+        let start = self.at;
+        self.skip(field, n)?;
+        Ok(self.body.slice(start..start + n))
     }
 
     /// Steps over `n` bytes without slicing them: no reference count touched.
