@@ -141,11 +141,7 @@ mod x86 {
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn md5x16(messages: &[&[u8]; 16]) -> [u128; 16] {
-        let (low, high) = messages.split_at(8);
-        let groups = [low, high].map(|half| {
-            let half: &[&[u8]; 8] = half.try_into().unwrap_or(&[&[]; 8]);
-            transpose(half)
-        });
+        let groups = [0, 8].map(|base| transpose(&std::array::from_fn(|i| messages[base + i])));
         let [first, second] = rounds(groups);
         let (first, second) = (digests(first), digests(second));
         std::array::from_fn(|i| if i < 8 { first[i] } else { second[i - 8] })
@@ -242,7 +238,7 @@ mod tests {
             hash_keys(&keys[..count], &mut hashed);
             assert_eq!(hashed, scalar(&keys[..count]), "first {count} keys");
         }
-        // Only short keys, so every chunk takes the eight-lane path.
+        // Only short keys, so every chunk takes a vector path.
         let short: Vec<Vec<u8>> = (0..803).map(|i| format!("key-{i}").into_bytes()).collect();
         let mut hashed = Vec::new();
         hash_keys(&short, &mut hashed);
