@@ -253,6 +253,63 @@ fn restart_keeps_every_stream_and_record_and_delete_removes_them() {
     server.stop();
 }
 
+/// The `serving` line means every core has opened its shards: a read sent the moment it
+/// appears, to a shard owned by the other core, must find the shard open there. (Before,
+/// a core served clients as soon as its own shards were open, while the other core could
+/// still be opening its own: a read then got ShardUnavailable.)
+#[test]
+fn every_shard_is_open_once_the_server_says_it_serves() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    const SHARDS: u32 = 64;
+    run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        client.create_stream("many", SHARDS).await.expect("create");
+        let records: Vec<PutEntry> = (0..500)
+            .map(|i| entry(&format!("k{i}"), payload(i, 16)))
+            .collect();
+        client.put_records("many", records).await.expect("put");
+    });
+    server.stop();
+    for round in 0..3 {
+        let server = Server::start(dir.path());
+        let addr = server.addr;
+        run(move || async move {
+            // Connections on both cores, each reading every shard at once.
+            let clients: Vec<Client> = futures::future::join_all(
+                (0..4).map(|_| async move { Client::connect(addr).await.expect("connect") }),
+            )
+            .await;
+            let reads = clients.iter().flat_map(|client| {
+                (0..SHARDS).map(move |shard| {
+                    client.get_records("many", shard, StartPosition::TrimHorizon, 1000)
+                })
+            });
+            let mut seen = 0;
+            for (i, read) in futures::future::join_all(reads)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                match read {
+                    Ok(batch) => seen += batch.records.len(),
+                    Err(error) => panic!(
+                        "round {round}: read of shard {} failed: {error:?}",
+                        i as u32 % SHARDS
+                    ),
+                }
+            }
+            assert_eq!(
+                seen,
+                4 * 500,
+                "round {round}: every record, once per client"
+            );
+        });
+        server.stop();
+    }
+}
+
 #[test]
 fn records_acknowledged_over_tcp_survive_sigkill() {
     let dir = temp_dir();

@@ -105,6 +105,8 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     let mesh = MeshBuilder::<CoreMessage, _>::full(cores, config.net.core_channel_messages);
     let heartbeats = runtime::Heartbeats::new(cores);
     let loads: Arc<[AtomicUsize]> = (0..cores).map(|_| AtomicUsize::new(0)).collect();
+    let ready = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for (id, (socket, http_socket)) in listeners.into_iter().zip(http_listeners).enumerate() {
         let config = config.clone();
@@ -112,7 +114,10 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         let shared = Shared {
             stopping: stopping.clone(),
             loads: loads.clone(),
+            ready: ready.clone(),
+            ended: ended.clone(),
         };
+        let ended = ended.clone();
         let heartbeat = heartbeats.beat(id);
         let fd = socket.into_raw_fd();
         let http_fd = http_socket.into_raw_fd();
@@ -131,6 +136,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
                 let result =
                     run_core(id, cores, config, mesh, listeners, shared, iterator_key).await;
                 tick.set(true);
+                ended.fetch_add(1, Ordering::AcqRel);
                 result
             })
             .map_err(|e| runtime::RuntimeError::Uring {
@@ -139,10 +145,18 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         handles.push(handle);
     }
     heartbeats.watch(stopping.clone());
-    // One line on stdout that scripts and tests can wait for.
-    println!(
-        "spate: serving the binary protocol on {bound} and the Kinesis API on http://{http_bound} with {cores} cores"
-    );
+    // Every core has opened its shards and accepts clients (or one failed to start, and
+    // the join below reports why).
+    while ready.load(Ordering::Acquire) < cores && ended.load(Ordering::Acquire) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if ended.load(Ordering::Acquire) == 0 {
+        // One line on stdout that scripts and tests can wait for: from here on every
+        // shard is open and every core serves.
+        println!(
+            "spate: serving the binary protocol on {bound} and the Kinesis API on http://{http_bound} with {cores} cores"
+        );
+    }
     let mut failure = None;
     for (core, handle) in handles.into_iter().enumerate() {
         match handle.join() {
@@ -170,6 +184,11 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
 struct Shared {
     stopping: Arc<AtomicBool>,
     loads: Arc<[AtomicUsize]>,
+    /// Cores that have opened their shards; no core serves clients before all have, so
+    /// a request never reaches an owner still opening its shards.
+    ready: Arc<AtomicUsize>,
+    /// Cores whose run ended (an error at start-up, before they were ready, included).
+    ended: Arc<AtomicUsize>,
 }
 
 async fn run_core(
@@ -181,7 +200,12 @@ async fn run_core(
     shared: Shared,
     iterator_key: [u8; 32],
 ) -> Result<(), String> {
-    let Shared { stopping, loads } = shared;
+    let Shared {
+        stopping,
+        loads,
+        ready,
+        ended,
+    } = shared;
     let (senders, receivers) = mesh
         .join()
         .await
@@ -233,6 +257,16 @@ async fn run_core(
         .detach();
     }
     core.wait_ready().await;
+    ready.fetch_add(1, Ordering::AcqRel);
+    while ready.load(Ordering::Acquire) < cores {
+        if ended.load(Ordering::Acquire) > 0 || stopping.load(Ordering::Relaxed) {
+            // Another core failed to start (the server reports its error) or we were
+            // told to stop before serving anyone.
+            core.shut_down().await;
+            return Ok(());
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
     let local_stop = core.stopping.clone();
     let watcher_stop = local_stop.clone();
     let watcher = glommio::spawn_local(async move {
