@@ -48,9 +48,13 @@ pub const RETENTION_HOURS_MIN: u32 = 24;
 pub const RETENTION_HOURS_MAX: u32 = 8760;
 
 /// Default group-commit window, in microseconds: the longest an append waits for company
-/// before its commit starts, when the core committed recently. Source: our own; about one
-/// fdatasync on an ordinary SSD.
-pub const COMMIT_WINDOW_US_DEFAULT: u64 = 1_000;
+/// before its commit starts, when the core committed recently. Source: our own. Zero: a
+/// commit starts as soon as the one before it ends, and the appends that arrived while it
+/// ran share the next one (natural batching, as in PostgreSQL with commit_delay 0). A
+/// window of 1,000 us added up to a window to each put's latency when a round took less
+/// (0.36 ms here on a fast disk: put p50 1.5-2.0 ms with it, 1.0 ms without) and bought
+/// no throughput in A/B runs (bench/RESULTS.md, 2026-12-02).
+pub const COMMIT_WINDOW_US_DEFAULT: u64 = 0;
 
 /// Default group-commit size trigger, in bytes: a commit starts at once when this much is
 /// pending on the core. Source: our own; a large sequential write without long stalls.

@@ -10,7 +10,9 @@
 //! window (so a lone append on an idle core never waits it out); otherwise it starts when
 //! the window since the last commit's start has passed, or as soon as `commit_bytes` are
 //! pending, whichever comes first. Appends that arrive while a commit is writing wait for
-//! the next one.
+//! the next one. The default window is zero: rounds run back to back while appends keep
+//! coming, each carrying what arrived during the one before, so a round's size follows the
+//! load and no append waits for a timer.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
