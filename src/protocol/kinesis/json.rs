@@ -352,6 +352,14 @@ impl Out {
         self.buffer.push(b'"');
         self
     }
+
+    /// An array element that is already a complete JSON value, copied as it is: the
+    /// caller vouches for it, as for [`Speller::entry`]'s entries.
+    pub fn raw_item(&mut self, value: &[u8]) -> &mut Out {
+        self.separator();
+        self.buffer.extend_from_slice(value);
+        self
+    }
 }
 
 /// Spells the sequence numbers and shard ids of a response. Most of a response's records
@@ -359,6 +367,10 @@ impl Out {
 /// is kept and the next is derived from it by decimal addition, usually of 1 to its last
 /// digit, in place of formatting a 128-bit number (which took about 3 % of the server's CPU
 /// on PutRecords). A response over more shards than it keeps just formats the rest.
+///
+/// The digits live inside a whole PutRecords result entry kept per shard, so a put's
+/// response copies one ready entry per record instead of writing it member by member
+/// (which, with the spelling, took about 7 % of the server's CPU on PutRecords).
 #[derive(Default)]
 pub struct Speller {
     shards: Vec<Spelled>,
@@ -367,9 +379,17 @@ pub struct Speller {
 struct Spelled {
     shard: u32,
     seq: u64,
-    digits: [u8; sequence::DIGITS],
-    shard_id: String,
+    /// `{"SequenceNumber":"<digits>","ShardId":"<shard id>"}`; the digits at [`DIGITS_AT`].
+    entry: Vec<u8>,
 }
+
+const ENTRY_HEAD: &[u8] = br#"{"SequenceNumber":""#;
+const ENTRY_MIDDLE: &[u8] = br#"","ShardId":""#;
+const ENTRY_TAIL: &[u8] = br#""}"#;
+/// Where a [`Spelled`] entry's digits start.
+const DIGITS_AT: usize = ENTRY_HEAD.len();
+/// Where a [`Spelled`] entry's shard id starts.
+const SHARD_ID_AT: usize = DIGITS_AT + sequence::DIGITS + ENTRY_MIDDLE.len();
 
 /// Shards a [`Speller`] keeps; a put rarely touches more, and the search is linear.
 const SPELLER_SHARDS: usize = 32;
@@ -377,34 +397,45 @@ const SPELLER_SHARDS: usize = 32;
 impl Speller {
     /// The Kinesis sequence number string of `seq` in shard `shard`.
     pub fn sequence(&mut self, shard: u32, seq: u64) -> &[u8] {
-        let slot = self.slot(shard, seq);
-        let spelled = &mut self.shards[slot];
-        if spelled.seq != seq {
-            let added = seq > spelled.seq && add_decimal(&mut spelled.digits, seq - spelled.seq);
-            if !added {
-                spelled.digits = sequence::digits(shard, seq);
-            }
-            spelled.seq = seq;
-        }
-        &spelled.digits
+        let entry = self.entry(shard, seq);
+        &entry[DIGITS_AT..DIGITS_AT + sequence::DIGITS]
     }
 
     /// `shardId-` and the shard's index in twelve digits.
     pub fn shard_id(&mut self, shard: u32) -> &[u8] {
         let slot = self.slot(shard, 0);
-        self.shards[slot].shard_id.as_bytes()
+        let entry = &self.shards[slot].entry;
+        &entry[SHARD_ID_AT..entry.len() - ENTRY_TAIL.len()]
+    }
+
+    /// The PutRecords result entry of a record appended as `seq` in shard `shard`:
+    /// `{"SequenceNumber":"...","ShardId":"shardId-..."}`, ready for [`Out::raw_item`].
+    pub fn entry(&mut self, shard: u32, seq: u64) -> &[u8] {
+        let slot = self.slot(shard, seq);
+        let spelled = &mut self.shards[slot];
+        if spelled.seq != seq {
+            let digits = &mut spelled.entry[DIGITS_AT..DIGITS_AT + sequence::DIGITS];
+            let added = seq > spelled.seq && add_decimal(digits, seq - spelled.seq);
+            if !added {
+                digits.copy_from_slice(&sequence::digits(shard, seq));
+            }
+            spelled.seq = seq;
+        }
+        &spelled.entry
     }
 
     fn slot(&mut self, shard: u32, seq: u64) -> usize {
         if let Some(slot) = self.shards.iter().position(|s| s.shard == shard) {
             return slot;
         }
-        let spelled = Spelled {
-            shard,
-            seq,
-            digits: sequence::digits(shard, seq),
-            shard_id: crate::catalog::shard_id(shard),
-        };
+        let id = crate::catalog::shard_id(shard);
+        let mut entry = Vec::with_capacity(SHARD_ID_AT + id.len() + ENTRY_TAIL.len());
+        entry.extend_from_slice(ENTRY_HEAD);
+        entry.extend_from_slice(&sequence::digits(shard, seq));
+        entry.extend_from_slice(ENTRY_MIDDLE);
+        entry.extend_from_slice(id.as_bytes());
+        entry.extend_from_slice(ENTRY_TAIL);
+        let spelled = Spelled { shard, seq, entry };
         if self.shards.len() < SPELLER_SHARDS {
             self.shards.push(spelled);
             self.shards.len() - 1
@@ -478,6 +509,14 @@ mod tests {
             );
             let id = speller.shard_id(shard).to_vec();
             assert_eq!(id, format!("shardId-{shard:012}").into_bytes());
+            let entry = String::from_utf8(speller.entry(shard, seq).to_vec()).expect("ascii");
+            assert_eq!(
+                entry,
+                format!(
+                    r#"{{"SequenceNumber":"{}","ShardId":"shardId-{shard:012}"}}"#,
+                    sequence::render(shard, seq)
+                )
+            );
         }
     }
 

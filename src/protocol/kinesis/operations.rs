@@ -1082,22 +1082,23 @@ async fn put_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
         .array("Records");
     let mut speller = Speller::default();
     for result in results {
-        out.begin_object();
         match result {
             Ok((shard, seq)) => {
-                out.plain_str("SequenceNumber", speller.sequence(shard, seq))
-                    .plain_str("ShardId", speller.shard_id(shard));
+                out.raw_item(speller.entry(shard, seq));
             }
             Err(error) if error.status == Status::Throttled => {
-                out.str("ErrorCode", "ProvisionedThroughputExceededException")
-                    .str("ErrorMessage", &error.message);
+                out.begin_object()
+                    .str("ErrorCode", "ProvisionedThroughputExceededException")
+                    .str("ErrorMessage", &error.message)
+                    .end_object();
             }
             Err(_) => {
-                out.str("ErrorCode", "InternalFailure")
-                    .str("ErrorMessage", "Internal service failure.");
+                out.begin_object()
+                    .str("ErrorCode", "InternalFailure")
+                    .str("ErrorMessage", "Internal service failure.")
+                    .end_object();
             }
         }
-        out.end_object();
     }
     out.end_array().str("EncryptionType", "NONE").end_object();
     Ok(out.into_bytes())
