@@ -169,6 +169,36 @@ impl Write for HyperIo {
         result
     }
 
+    /// Without this hyper copies every body into its own buffer before writing (its
+    /// "flatten" strategy): for a 50 KB PutRecords response on the server, and for a
+    /// 100 KB request in the load generator, where it was 6 % of the CPU.
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+        match super::send_vectored_nonblocking(self.stream.as_raw_fd(), bufs) {
+            Some(Ok(n)) => {
+                if n > 0 {
+                    self.last_activity.set(Instant::now());
+                }
+                Poll::Ready(Ok(n))
+            }
+            Some(Err(error)) => Poll::Ready(Err(error)),
+            // The send buffer is full: glommio's write of the first slice waits for room
+            // (arming the poll and the waker) and sends what fits of it.
+            None => match bufs.iter().find(|b| !b.is_empty()) {
+                Some(first) => self.poll_write(cx, first),
+                None => Poll::Ready(Ok(0)),
+            },
+        }
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_flush(cx)
     }

@@ -67,6 +67,37 @@ pub(crate) fn recv_nonblocking(
     }
 }
 
+/// A non-blocking sendmsg(2) of `bufs` in one call: how many bytes the kernel took, or
+/// `None` when the socket's send buffer is full (or the call was interrupted), for the
+/// caller to wait through glommio. Lets hyper write a response's head and body without
+/// first copying them into one buffer (glommio has no vectored write of its own).
+pub(crate) fn send_vectored_nonblocking(
+    fd: std::os::fd::RawFd,
+    bufs: &[std::io::IoSlice<'_>],
+) -> Option<std::io::Result<usize>> {
+    /// At most this many slices per call, well under any IOV_MAX.
+    const SLICES_MAX: usize = 64;
+    let count = bufs.len().min(SLICES_MAX);
+    // SAFETY: an all-zero msghdr is a valid empty message; every field set below points
+    // into `bufs`, which outlives the call. IoSlice is ABI-compatible with iovec.
+    let n = unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = bufs.as_ptr().cast_mut().cast();
+        message.msg_iovlen = count as _;
+        libc::sendmsg(fd, &message, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    match usize::try_from(n) {
+        Ok(n) => Some(Ok(n)),
+        Err(_) => {
+            let error = std::io::Error::last_os_error();
+            match error.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
+                _ => Some(Err(error)),
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` until the core stops, within the core's connection
 /// limit, and has each served on the core [`Core::place_connection`] picks: here, on a
 /// task of its own, or handed to a lighter core. Shared by the binary and HTTP ports.
