@@ -306,16 +306,6 @@ impl Out {
         self
     }
 
-    /// A member whose value is base64 text already encoded, as [`Out::base64`] would write
-    /// it.
-    pub fn base64_text(&mut self, key: &'static str, text: &[u8]) -> &mut Out {
-        self.key(key);
-        self.buffer.push(b'"');
-        self.buffer.extend_from_slice(text);
-        self.buffer.push(b'"');
-        self
-    }
-
     fn string_raw(&mut self, value: &str) {
         self.buffer.reserve(value.len() + 2);
         self.buffer.push(b'"');
