@@ -55,16 +55,7 @@ pub(crate) fn recv_nonblocking(
             libc::MSG_DONTWAIT,
         )
     };
-    match usize::try_from(n) {
-        Ok(n) => Some(Ok(n)),
-        Err(_) => {
-            let error = std::io::Error::last_os_error();
-            match error.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
-                _ => Some(Err(error)),
-            }
-        }
-    }
+    nonblocking_result(n)
 }
 
 /// A non-blocking sendmsg(2) of `bufs` in one call: how many bytes the kernel took, or
@@ -86,6 +77,12 @@ pub(crate) fn send_vectored_nonblocking(
         message.msg_iovlen = count as _;
         libc::sendmsg(fd, &message, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     };
+    nonblocking_result(n)
+}
+
+/// What a non-blocking socket call returned: its byte count, `None` when it would have
+/// blocked or was interrupted, or the error.
+fn nonblocking_result(n: isize) -> Option<std::io::Result<usize>> {
     match usize::try_from(n) {
         Ok(n) => Some(Ok(n)),
         Err(_) => {
