@@ -230,7 +230,6 @@ impl Rendered {
             .str("StreamName", stream)
             .array("Records");
         for record in records {
-            let same = |a: &Bytes, b: &Bytes| a.as_ptr() == b.as_ptr() && a.len() == b.len();
             let repeated = same(&self.last_data, &record.data);
             if !repeated {
                 self.last_data = record.data.clone();
@@ -255,6 +254,11 @@ impl Rendered {
         out.end_array().end_object();
         out.into_bytes()
     }
+}
+
+/// Whether `a` and `b` are the same bytes in memory (not merely equal ones).
+fn same(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
 }
 
 /// One record of a PutRecords body.

@@ -388,8 +388,6 @@ const ENTRY_MIDDLE: &[u8] = br#"","ShardId":""#;
 const ENTRY_TAIL: &[u8] = br#""}"#;
 /// Where a [`Spelled`] entry's digits start.
 const DIGITS_AT: usize = ENTRY_HEAD.len();
-/// Where a [`Spelled`] entry's shard id starts.
-const SHARD_ID_AT: usize = DIGITS_AT + sequence::DIGITS + ENTRY_MIDDLE.len();
 
 /// Shards a [`Speller`] keeps; a put rarely touches more, and the search is linear.
 const SPELLER_SHARDS: usize = 32;
@@ -399,13 +397,6 @@ impl Speller {
     pub fn sequence(&mut self, shard: u32, seq: u64) -> &[u8] {
         let entry = self.entry(shard, seq);
         &entry[DIGITS_AT..DIGITS_AT + sequence::DIGITS]
-    }
-
-    /// `shardId-` and the shard's index in twelve digits.
-    pub fn shard_id(&mut self, shard: u32) -> &[u8] {
-        let slot = self.slot(shard, 0);
-        let entry = &self.shards[slot].entry;
-        &entry[SHARD_ID_AT..entry.len() - ENTRY_TAIL.len()]
     }
 
     /// The PutRecords result entry of a record appended as `seq` in shard `shard`:
@@ -429,7 +420,9 @@ impl Speller {
             return slot;
         }
         let id = crate::catalog::shard_id(shard);
-        let mut entry = Vec::with_capacity(SHARD_ID_AT + id.len() + ENTRY_TAIL.len());
+        let mut entry = Vec::with_capacity(
+            ENTRY_HEAD.len() + sequence::DIGITS + ENTRY_MIDDLE.len() + id.len() + ENTRY_TAIL.len(),
+        );
         entry.extend_from_slice(ENTRY_HEAD);
         entry.extend_from_slice(&sequence::digits(shard, seq));
         entry.extend_from_slice(ENTRY_MIDDLE);
@@ -507,8 +500,6 @@ mod tests {
                 sequence::render(shard, seq).into_bytes(),
                 "{shard} {seq}"
             );
-            let id = speller.shard_id(shard).to_vec();
-            assert_eq!(id, format!("shardId-{shard:012}").into_bytes());
             let entry = String::from_utf8(speller.entry(shard, seq).to_vec()).expect("ascii");
             assert_eq!(
                 entry,
