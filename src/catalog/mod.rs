@@ -272,9 +272,14 @@ impl StreamMeta {
 
     /// The shard whose hash range holds `hash_key`.
     pub fn shard_for_hash(&self, hash_key: u128) -> Option<&ShardMeta> {
+        self.shards.get(self.shard_position_for_hash(hash_key)?)
+    }
+
+    /// Where in `shards` the shard whose hash range holds `hash_key` is.
+    pub fn shard_position_for_hash(&self, hash_key: u128) -> Option<usize> {
         let after = self.shards.partition_point(|s| s.hash_start <= hash_key);
-        let shard = self.shards.get(after.checked_sub(1)?)?;
-        (hash_key <= shard.hash_end).then_some(shard)
+        let position = after.checked_sub(1)?;
+        (hash_key <= self.shards.get(position)?.hash_end).then_some(position)
     }
 
     /// A shard, open or closed.

@@ -1,6 +1,7 @@
 //! The batch: the unit the log writes, checksums and recovers. Owns the byte layout of a
-//! batch and its records; does not know about files, segments or commits. Runs on the
-//! shard's owner core (encode on append, decode on read and recovery).
+//! batch and its records; does not know about files, segments or commits. A put's records
+//! are encoded on the core that read the put ([`Encoded`]); the header and checksum are
+//! filled in on the shard's owner core, which also decodes on read and recovery.
 //!
 //! # Byte layout (version 1), all integers little-endian
 //!
@@ -187,35 +188,8 @@ pub struct BatchShape {
 /// # Errors
 /// The first limit the batch breaks, naming the record.
 pub fn validate(records: &[RecordIn]) -> Result<BatchShape, LimitError> {
-    if records.is_empty() {
-        return Err(LimitError::EmptyBatch);
-    }
-    if records.len() > BATCH_RECORDS_MAX {
-        return Err(LimitError::TooManyRecords {
-            count: records.len(),
-            max: BATCH_RECORDS_MAX,
-        });
-    }
-    let mut payload = 0usize;
-    let mut first = u64::MAX;
-    for (index, record) in records.iter().enumerate() {
-        validate_key(index, &record.partition_key)?;
-        if record.data.len() > RECORD_DATA_BYTES_MAX {
-            return Err(LimitError::RecordTooLarge {
-                index,
-                bytes: record.data.len(),
-                max: RECORD_DATA_BYTES_MAX,
-            });
-        }
-        payload += record.data.len() + record.partition_key.len();
-        first = first.min(record.arrival_us);
-    }
-    if payload > BATCH_BYTES_MAX {
-        return Err(LimitError::BatchTooLarge {
-            bytes: payload,
-            max: BATCH_BYTES_MAX,
-        });
-    }
+    let shape = validate_put(records.iter().map(|r| (&r.partition_key[..], r.data.len())))?;
+    let first = records.iter().map(|r| r.arrival_us).min().unwrap_or(0);
     for (index, record) in records.iter().enumerate() {
         let delta_us = record.arrival_us - first;
         if delta_us > u64::from(u32::MAX) {
@@ -226,95 +200,185 @@ pub fn validate(records: &[RecordIn]) -> Result<BatchShape, LimitError> {
             });
         }
     }
+    Ok(shape)
+}
+
+/// Checks every limit of a put whose records share one arrival time, given each record's
+/// partition key and data length. Call before anything is appended.
+///
+/// # Errors
+/// The first limit the put breaks, naming the record.
+pub fn validate_put<'a>(
+    records: impl ExactSizeIterator<Item = (&'a [u8], usize)>,
+) -> Result<BatchShape, LimitError> {
+    let count = records.len();
+    if count == 0 {
+        return Err(LimitError::EmptyBatch);
+    }
+    if count > BATCH_RECORDS_MAX {
+        return Err(LimitError::TooManyRecords {
+            count,
+            max: BATCH_RECORDS_MAX,
+        });
+    }
+    let mut payload = 0usize;
+    for (index, (key, data_len)) in records.enumerate() {
+        validate_key(index, key)?;
+        if data_len > RECORD_DATA_BYTES_MAX {
+            return Err(LimitError::RecordTooLarge {
+                index,
+                bytes: data_len,
+                max: RECORD_DATA_BYTES_MAX,
+            });
+        }
+        payload += data_len + key.len();
+    }
+    if payload > BATCH_BYTES_MAX {
+        return Err(LimitError::BatchTooLarge {
+            bytes: payload,
+            max: BATCH_BYTES_MAX,
+        });
+    }
     Ok(BatchShape {
-        records: records.len(),
-        encoded_bytes: HEADER_BYTES + records.len() * RECORD_HEADER_BYTES + payload,
+        records: count,
+        encoded_bytes: HEADER_BYTES + count * RECORD_HEADER_BYTES + payload,
     })
 }
 
-/// Records that passed [`validate`] as one batch. Every limit is per record or bounded by
-/// the whole batch, so any part of them, in order, is a valid batch too: a put is checked
-/// once, on the core that read it, and its per-shard parts are appended with
-/// [`crate::log::ShardLog::append_valid`] without checking every key again on the owner
-/// cores (where the keys are no longer in cache; that second check took about 3 % of the
-/// server's CPU).
-#[derive(Debug, Default)]
-pub struct Valid(Vec<RecordIn>);
+/// One shard's part of a put, encoded by the core that read the put: the space for a
+/// batch header, then each record in the batch layout. The shard's owner core only fills
+/// in the header (sequence number, commit, arrival range) and the checksum
+/// ([`Encoded::into_batch`]), so a put's records cross cores as one buffer per shard
+/// rather than as two reference-counted slices per record, and are copied once between
+/// the request and the log.
+///
+/// All records of a put share its arrival time, so every record's arrival delta is zero.
+/// Records come from a put that passed [`validate_put`]; every limit is per record or
+/// bounded by the whole put, so any part of them, in order, is within the limits too.
+#[derive(Debug)]
+pub struct Encoded {
+    buf: BytesMut,
+    records: u32,
+    payload: usize,
+    arrival_us: u64,
+}
 
-/// A run at the front of a [`Valid`] batch (what a shard's quota admits of it).
-#[derive(Clone, Copy, Debug)]
-pub struct ValidSlice<'a>(&'a [RecordIn]);
-
-impl Valid {
-    /// Checks `records` as one batch.
-    ///
-    /// # Errors
-    /// The first limit the batch breaks, as [`validate`] reports it.
-    pub fn check(records: Vec<RecordIn>) -> Result<Valid, LimitError> {
-        validate(&records)?;
-        Ok(Valid(records))
+impl Encoded {
+    /// An empty part with room for `records` records of `payload` bytes of keys and data.
+    pub fn with_capacity(records: usize, payload: usize, arrival_us: u64) -> Encoded {
+        let mut buf =
+            BytesMut::with_capacity(HEADER_BYTES + records * RECORD_HEADER_BYTES + payload);
+        buf.put_bytes(0, HEADER_BYTES);
+        Encoded {
+            buf,
+            records: 0,
+            payload: 0,
+            arrival_us,
+        }
     }
 
-    pub fn records(&self) -> &[RecordIn] {
-        &self.0
-    }
-
-    pub fn into_records(self) -> Vec<RecordIn> {
-        self.0
+    /// Appends one record. The caller has checked its limits ([`validate_put`]).
+    pub fn push(&mut self, partition_key: &[u8], data: &[u8]) {
+        debug_assert!(partition_key.len() <= PARTITION_KEY_BYTES_MAX);
+        debug_assert!(data.len() <= RECORD_DATA_BYTES_MAX);
+        let mut head = [0u8; RECORD_HEADER_BYTES];
+        head[REC_OFF_DATA_LEN..REC_OFF_DATA_LEN + 4]
+            .copy_from_slice(&(data.len() as u32).to_le_bytes());
+        head[REC_OFF_KEY_LEN..REC_OFF_KEY_LEN + 2]
+            .copy_from_slice(&(partition_key.len() as u16).to_le_bytes());
+        self.buf.put_slice(&head);
+        self.buf.put_slice(partition_key);
+        self.buf.put_slice(data);
+        self.records += 1;
+        self.payload += partition_key.len() + data.len();
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.records as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.records == 0
     }
 
-    /// The first `n` records (all of them when there are fewer).
-    pub fn prefix(&self, n: usize) -> ValidSlice<'_> {
-        ValidSlice(self.0.get(..n).unwrap_or(&self.0))
+    /// Bytes of keys and data (what quotas and metrics count).
+    pub fn payload_bytes(&self) -> usize {
+        self.payload
     }
 
-    /// Splits the batch into parts, keeping order: record `i` goes to part `part_of[i]`;
-    /// `sizes[p]` is how many records part `p` gets (a capacity only). Each part is valid.
-    /// Records past the end of `part_of`, or naming no part, go to the last part.
-    pub fn split(self, sizes: &[usize], part_of: &[usize]) -> Vec<Valid> {
-        let mut parts: Vec<Vec<RecordIn>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
-        if parts.is_empty() {
-            parts.push(Vec::new());
-        }
-        let last = parts.len() - 1;
-        for (index, record) in self.0.into_iter().enumerate() {
-            let part = part_of.get(index).map_or(last, |&p| p.min(last));
-            parts[part].push(record);
-        }
-        parts.into_iter().map(Valid).collect()
-    }
-}
-
-impl<'a> ValidSlice<'a> {
-    pub fn records(&self) -> &'a [RecordIn] {
-        self.0
+    /// Bytes of the whole batch, header included.
+    pub fn encoded_bytes(&self) -> usize {
+        self.buf.len()
     }
 
-    /// The batch's sizes, without checking its limits again.
-    ///
-    /// # Errors
-    /// [`LimitError::EmptyBatch`] for an empty slice, the one thing a part can break.
-    pub fn shape(&self) -> Result<BatchShape, LimitError> {
-        if self.0.is_empty() {
-            return Err(LimitError::EmptyBatch);
-        }
-        let payload: usize = self
-            .0
-            .iter()
-            .map(|r| r.data.len() + r.partition_key.len())
-            .sum();
-        Ok(BatchShape {
-            records: self.0.len(),
-            encoded_bytes: HEADER_BYTES + self.0.len() * RECORD_HEADER_BYTES + payload,
+    pub fn arrival_us(&self) -> u64 {
+        self.arrival_us
+    }
+
+    /// Each record's partition key and data, in order.
+    pub fn records(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let mut at = HEADER_BYTES;
+        (0..self.records).map(move |_| {
+            let (key, data, end) = self.spans_at(at);
+            at = end;
+            (&self.buf[key..data], &self.buf[data..end])
         })
+    }
+
+    /// Where the record starting at `at` keeps its key and data, and where it ends. `at`
+    /// is a record boundary this part wrote, so the lengths are its own.
+    fn spans_at(&self, at: usize) -> (usize, usize, usize) {
+        let data_len = read_u32(&self.buf, at + REC_OFF_DATA_LEN) as usize;
+        let key_len = usize::from(read_u16(&self.buf, at + REC_OFF_KEY_LEN));
+        let key = at + RECORD_HEADER_BYTES;
+        (key, key + key_len, key + key_len + data_len)
+    }
+
+    /// Each record's size as quotas count it: partition key and data.
+    pub fn record_sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.records().map(|(key, data)| key.len() + data.len())
+    }
+
+    /// Keeps the first `n` records (all of them when there are fewer).
+    pub fn truncate(&mut self, n: usize) {
+        let mut end = HEADER_BYTES;
+        let mut payload = 0;
+        let keep = n.min(self.len());
+        for _ in 0..keep {
+            let (key, _, next) = self.spans_at(end);
+            payload += next - key;
+            end = next;
+        }
+        self.buf.truncate(end);
+        self.records = keep as u32;
+        self.payload = payload;
+    }
+
+    /// The finished batch at `position`: the header filled in and the checksum computed.
+    /// Returns it with its arrival range (the put's arrival time, raised to
+    /// `arrival_floor_us` so the shard's arrival times never go back).
+    pub fn into_batch(self, position: BatchPosition, arrival_floor_us: u64) -> (Bytes, u64, u64) {
+        debug_assert!(self.records > 0);
+        debug_assert_eq!(position.flags & !FLAGS_KNOWN, 0);
+        let arrival_us = self.arrival_us.max(arrival_floor_us);
+        let mut buf = self.buf;
+        let length = buf.len() as u32;
+        let mut header = &mut buf[..HEADER_BYTES];
+        header.put_u32_le(MAGIC);
+        header.put_u8(VERSION);
+        header.put_u8(position.flags);
+        header.put_u16_le(0);
+        header.put_u32_le(0); // crc, filled in below
+        header.put_u32_le(length);
+        header.put_u64_le(position.first_seq);
+        header.put_u32_le(self.records);
+        header.put_u32_le(0);
+        header.put_u64_le(arrival_us);
+        header.put_u64_le(arrival_us);
+        header.put_u64_le(position.commit_id);
+        let crc = checksum(&buf);
+        buf[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        (buf.freeze(), arrival_us, arrival_us)
     }
 }
 
@@ -691,35 +755,61 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parts_of_a_valid_batch_keep_order_and_their_shapes_match_validate(
+        fn a_part_encoded_away_from_its_shard_is_the_batch_encode_writes(
             records in proptest::collection::vec(arb_record(), 1..60),
             parts in 1usize..6,
-            take in 0usize..70,
+            take in 1usize..70,
+            first_seq in 0u64..u64::MAX / 2,
+            floor in 0u64..1_700_000_000_500_000,
         ) {
+            // One put: every record arrives at the first one's time.
+            let arrival = records[0].arrival_us;
+            let records: Vec<RecordIn> = records
+                .into_iter()
+                .map(|r| RecordIn { arrival_us: arrival, ..r })
+                .collect();
+            let refs = records.iter().map(|r| (&r.partition_key[..], r.data.len()));
+            prop_assert_eq!(validate_put(refs), validate(&records));
             let part_of: Vec<usize> = (0..records.len()).map(|i| (i * 7 + i / 3) % parts).collect();
-            let mut sizes = vec![0; parts];
-            for &p in &part_of {
-                sizes[p] += 1;
-            }
-            let valid = Valid::check(records.clone()).unwrap();
-            let split = valid.split(&sizes, &part_of);
-            prop_assert_eq!(split.len(), parts);
-            for (p, part) in split.iter().enumerate() {
+            for p in 0..parts {
                 let expected: Vec<RecordIn> = records
                     .iter()
                     .zip(&part_of)
                     .filter(|(_, q)| **q == p)
                     .map(|(r, _)| r.clone())
                     .collect();
-                prop_assert_eq!(part.records(), expected.as_slice());
-                let prefix = part.prefix(take);
-                let n = take.min(expected.len());
-                prop_assert_eq!(prefix.records(), &expected[..n]);
-                if n == 0 {
-                    prop_assert_eq!(prefix.shape(), Err(LimitError::EmptyBatch));
-                } else {
-                    prop_assert_eq!(prefix.shape(), validate(&expected[..n]));
+                let payload = expected.iter().map(|r| r.partition_key.len() + r.data.len()).sum();
+                let mut part = Encoded::with_capacity(expected.len(), payload, arrival);
+                for r in &expected {
+                    part.push(&r.partition_key, &r.data);
                 }
+                prop_assert_eq!(part.len(), expected.len());
+                prop_assert_eq!(part.payload_bytes(), payload);
+                let read: Vec<(Vec<u8>, Vec<u8>)> =
+                    part.records().map(|(k, d)| (k.to_vec(), d.to_vec())).collect();
+                let want: Vec<(Vec<u8>, Vec<u8>)> =
+                    expected.iter().map(|r| (r.partition_key.to_vec(), r.data.to_vec())).collect();
+                prop_assert_eq!(read, want);
+                part.truncate(take);
+                let n = take.min(expected.len());
+                prop_assert_eq!(part.len(), n);
+                if n == 0 {
+                    continue;
+                }
+                let prefix = &expected[..n];
+                let shape = validate(prefix).unwrap();
+                prop_assert_eq!(part.encoded_bytes(), shape.encoded_bytes);
+                prop_assert_eq!(
+                    part.payload_bytes(),
+                    prefix.iter().map(|r| r.partition_key.len() + r.data.len()).sum::<usize>()
+                );
+                let position = BatchPosition { first_seq, commit_id: 9, flags: FLAG_COMMIT_FIRST };
+                let mut out = BytesMut::new();
+                let range = encode(&mut out, &shape, prefix, position, floor);
+                let (bytes, first_us, last_us) = part.into_batch(position, floor);
+                prop_assert_eq!((first_us, last_us), range);
+                prop_assert_eq!(&bytes[..], &out[..]);
+                prop_assert!(verify(&bytes).is_ok());
             }
         }
     }

@@ -201,6 +201,13 @@ struct Pending {
     arrival_last_us: u64,
 }
 
+/// What an append writes: records to encode here, or a batch encoded by the core that
+/// read the put.
+enum Source<'a> {
+    Records(&'a [RecordIn], batch::BatchShape),
+    Encoded(batch::Encoded),
+}
+
 struct Waiter {
     next_seq: u64,
     done: oneshot::Sender<Result<(), CommitError>>,
@@ -341,17 +348,22 @@ impl ShardLog {
         self.append_shaped(records, shape).await
     }
 
-    /// [`ShardLog::append`] for records already checked as part of a larger batch: the
-    /// limits are not checked again.
+    /// Appends one shard's part of a put, encoded by the core that read it (see
+    /// [`batch::Encoded`]); its limits were checked there. Otherwise as
+    /// [`ShardLog::append`].
     ///
     /// # Errors
-    /// As [`ShardLog::append`]; [`AppendError::Limit`] only for an empty slice.
-    pub async fn append_valid(
+    /// As [`ShardLog::append`]. When the batch was refused before it was written (the
+    /// shard is closed or failed) its records come back with the error, so a closing
+    /// shard's records can be routed again.
+    pub async fn append_encoded(
         self: &Rc<Self>,
-        records: batch::ValidSlice<'_>,
-    ) -> Result<AppendAck, AppendError> {
-        let shape = records.shape()?;
-        self.append_shaped(records.records(), shape).await
+        batch: batch::Encoded,
+    ) -> Result<AppendAck, (AppendError, Option<batch::Encoded>)> {
+        if batch.is_empty() {
+            return Err((AppendError::Limit(batch::LimitError::EmptyBatch), None));
+        }
+        self.append_source(Source::Encoded(batch)).await
     }
 
     async fn append_shaped(
@@ -359,25 +371,46 @@ impl ShardLog {
         records: &[RecordIn],
         shape: batch::BatchShape,
     ) -> Result<AppendAck, AppendError> {
-        self.check_healthy()?;
-        self.committer.reserve(shape.encoded_bytes).await;
+        self.append_source(Source::Records(records, shape))
+            .await
+            .map_err(|(error, _)| error)
+    }
+
+    async fn append_source(
+        self: &Rc<Self>,
+        source: Source<'_>,
+    ) -> Result<AppendAck, (AppendError, Option<batch::Encoded>)> {
+        let (encoded_bytes, records) = match &source {
+            Source::Records(_, shape) => (shape.encoded_bytes, shape.records),
+            Source::Encoded(batch) => (batch.encoded_bytes(), batch.len()),
+        };
+        let refused = |error: AppendError, source: Source<'_>| match source {
+            Source::Encoded(batch) => (error, Some(batch)),
+            Source::Records(..) => (error, None),
+        };
+        if let Err(error) = self.check_healthy() {
+            return Err(refused(error, source));
+        }
+        self.committer.reserve(encoded_bytes).await;
         let (ack, done) = {
             let mut state = self.state.borrow_mut();
             if let Some(reason) = state.failed.clone() {
                 drop(state);
-                self.committer.release(shape.encoded_bytes);
-                return Err(AppendError::Failed {
+                self.committer.release(encoded_bytes);
+                let error = AppendError::Failed {
                     path: self.dir.clone(),
                     reason,
-                });
+                };
+                return Err(refused(error, source));
             }
             // Checked again after the wait for room: a fence may have come meanwhile.
             if state.fenced {
                 drop(state);
-                self.committer.release(shape.encoded_bytes);
-                return Err(AppendError::Closed {
+                self.committer.release(encoded_bytes);
+                let error = AppendError::Closed {
                     path: self.dir.clone(),
-                });
+                };
+                return Err(refused(error, source));
             }
             let first_seq = state.next_seq;
             let flags = if state.pending.is_empty() {
@@ -390,15 +423,21 @@ impl ShardLog {
                 commit_id: state.open_commit_id,
                 flags,
             };
-            let mut out = BytesMut::with_capacity(shape.encoded_bytes);
-            let (arrival_first_us, arrival_last_us) =
-                batch::encode(&mut out, &shape, records, position, state.arrival_floor_us);
-            let next_seq = first_seq + shape.records as u64;
+            let floor = state.arrival_floor_us;
+            let (bytes, arrival_first_us, arrival_last_us) = match source {
+                Source::Records(records, shape) => {
+                    let mut out = BytesMut::with_capacity(shape.encoded_bytes);
+                    let (first, last) = batch::encode(&mut out, &shape, records, position, floor);
+                    (out.freeze(), first, last)
+                }
+                Source::Encoded(batch) => batch.into_batch(position, floor),
+            };
+            let next_seq = first_seq + records as u64;
             state.next_seq = next_seq;
             state.arrival_floor_us = arrival_last_us;
-            state.pending_bytes += shape.encoded_bytes;
+            state.pending_bytes += encoded_bytes;
             state.pending.push(Pending {
-                bytes: out.freeze(),
+                bytes,
                 first_seq,
                 next_seq,
                 arrival_first_us,
@@ -408,19 +447,22 @@ impl ShardLog {
             state.waiters.push_back(Waiter { next_seq, done: tx });
             let ack = AppendAck {
                 first_seq,
-                records: shape.records as u32,
+                records: records as u32,
             };
             (ack, rx)
         };
-        self.committer.enqueue(self, shape.encoded_bytes);
+        self.committer.enqueue(self, encoded_bytes);
         match done.await {
             Ok(Ok(())) => Ok(ack),
-            Ok(Err(error)) => Err(AppendError::Commit(error)),
+            Ok(Err(error)) => Err((AppendError::Commit(error), None)),
             // The sender is dropped only if the shard log itself is dropped mid-commit.
-            Err(_) => Err(AppendError::Failed {
-                path: self.dir.clone(),
-                reason: "shard log closed before the commit finished".into(),
-            }),
+            Err(_) => Err((
+                AppendError::Failed {
+                    path: self.dir.clone(),
+                    reason: "shard log closed before the commit finished".into(),
+                },
+                None,
+            )),
         }
     }
 

@@ -21,8 +21,8 @@ use glommio::sync::Semaphore;
 use crate::limits::{READ_BYTES_MAX, READ_RECORDS_MAX};
 use crate::log::StartPosition;
 use crate::protocol::binary::{
-    self, FrameHeader, HEADER_BYTES, KIND_RESPONSE, Op, RecordsBody, Request, Response, Status,
-    WireError,
+    self, FrameHeader, HEADER_BYTES, KIND_RESPONSE, Op, PutRequest, RecordsBody, Request, Response,
+    Status, WireError,
 };
 use crate::server::core::{Core, CoreReply, CoreRequest, Port};
 use crate::server::requests;
@@ -332,26 +332,36 @@ async fn serve_frame(
     let started = std::time::Instant::now();
     let id = header.request_id;
     let body = frame.slice(HEADER_BYTES..);
-    let request = match Request::decode(header.kind, body) {
-        Ok(request) => request,
-        Err(error) => {
-            let error = WireError::new(error.status(), error.to_string());
-            send_error(out, header.kind & !KIND_RESPONSE, id, &error).await;
+    let decode_failed = |error: binary::BodyError| {
+        let error = WireError::new(error.status(), error.to_string());
+        send_error(out, header.kind & !KIND_RESPONSE, id, error)
+    };
+    // Puts, the bulk of the traffic, are decoded without slicing each record.
+    let (op, result) = if header.kind == Op::PutRecords as u8 {
+        let put = match PutRequest::decode(body) {
+            Ok(put) => put,
+            Err(error) => return decode_failed(error).await,
+        };
+        (Op::PutRecords, requests::put(core, &put).await)
+    } else {
+        let request = match Request::decode(header.kind, body) {
+            Ok(request) => request,
+            Err(error) => return decode_failed(error).await,
+        };
+        let op = request.op();
+        if let Request::Subscribe {
+            stream,
+            shard,
+            position,
+        } = request
+        {
+            subscribe(core, id, &stream, shard, position, out, closed).await;
             return;
         }
+        (op, requests::handle(core, request).await)
     };
-    let op = request.op();
-    if let Request::Subscribe {
-        stream,
-        shard,
-        position,
-    } = request
-    {
-        subscribe(core, id, &stream, shard, position, out, closed).await;
-        return;
-    }
     let mut frame = BytesMut::new();
-    let failed = match requests::handle(core, request).await {
+    let failed = match result {
         Ok(response) => {
             response.encode(op, id, &mut frame);
             false
@@ -380,9 +390,9 @@ fn record(core: &Core, op: Op, started: std::time::Instant, failed: bool) {
     });
 }
 
-async fn send_error(out: &Rc<LocalSender<Bytes>>, kind: u8, id: u64, error: &WireError) {
+async fn send_error(out: &Rc<LocalSender<Bytes>>, kind: u8, id: u64, error: WireError) {
     let mut frame = BytesMut::new();
-    binary::encode_error(kind, id, error, &mut frame);
+    binary::encode_error(kind, id, &error, &mut frame);
     let _ = out.send(frame.freeze()).await;
 }
 
@@ -411,7 +421,7 @@ async fn subscribe(
     .await;
     let mut body = match first {
         Ok(body) => body,
-        Err(error) => return send_error(out, Op::Subscribe as u8, id, &error).await,
+        Err(error) => return send_error(out, Op::Subscribe as u8, id, error).await,
     };
     let mut frame = BytesMut::new();
     Response::Empty.encode(Op::Subscribe, id, &mut frame);
@@ -443,7 +453,7 @@ async fn subscribe(
         body = match read.await {
             Ok(body) => body,
             Err(error) if error.status == Status::StreamNotFound => {
-                return send_error(out, Op::Subscribe as u8, id, &error).await;
+                return send_error(out, Op::Subscribe as u8, id, error).await;
             }
             Err(error) => {
                 tracing::warn!(%error, "subscription read failed; retrying");

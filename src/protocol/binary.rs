@@ -331,6 +331,106 @@ pub struct PutEntry {
     pub explicit_hash_key: Option<u128>,
 }
 
+/// One record of a put, borrowed from the request that carried it.
+#[derive(Clone, Copy, Debug)]
+pub struct PutRef<'a> {
+    pub partition_key: &'a [u8],
+    pub data: &'a [u8],
+    pub explicit_hash_key: Option<u128>,
+}
+
+impl<'a> From<&'a PutEntry> for PutRef<'a> {
+    fn from(entry: &'a PutEntry) -> PutRef<'a> {
+        PutRef {
+            partition_key: &entry.partition_key,
+            data: &entry.data,
+            explicit_hash_key: entry.explicit_hash_key,
+        }
+    }
+}
+
+/// A PutRecords request as the server decodes it: the body, and where each record's key
+/// and data lie in it. Nothing is sliced per record, so decoding touches no reference
+/// count (the two slices per record of [`Request::decode`], and dropping them, took about
+/// 9 % of the server's CPU under binary puts).
+#[derive(Debug)]
+pub struct PutRequest {
+    pub stream: String,
+    body: Bytes,
+    spans: Vec<PutSpan>,
+}
+
+#[derive(Debug)]
+struct PutSpan {
+    key: std::ops::Range<usize>,
+    data: std::ops::Range<usize>,
+    explicit_hash_key: Option<u128>,
+}
+
+impl PutRequest {
+    /// Decodes the body of a PutRecords frame.
+    ///
+    /// # Errors
+    /// [`BodyError`] naming the field, as [`Request::decode`].
+    pub fn decode(body: Bytes) -> Result<PutRequest, BodyError> {
+        let mut r = Reader::new(body);
+        let put = PutRequest::read(&mut r)?;
+        r.finish()?;
+        Ok(put)
+    }
+
+    fn read(r: &mut Reader) -> Result<PutRequest, BodyError> {
+        let stream = r.str("stream")?;
+        let count = usize::from(r.u16("record count")?);
+        if count > BATCH_RECORDS_MAX {
+            return Err(BodyError::TooManyRecords { count });
+        }
+        let mut spans = Vec::with_capacity(count);
+        for _ in 0..count {
+            let flags = r.u8("record flags")?;
+            if flags & !1 != 0 {
+                return Err(BodyError::RecordFlags { found: flags });
+            }
+            let explicit_hash_key = if flags & 1 != 0 {
+                Some(r.u128("explicit hash key")?)
+            } else {
+                None
+            };
+            let key_len = usize::from(r.u16("partition key length")?);
+            let key = r.span("partition key", key_len.min(PARTITION_KEY_BYTES_MAX + 1))?;
+            if key_len > PARTITION_KEY_BYTES_MAX {
+                // Leave the limit check (a typed LimitExceeded) to validation, but do not
+                // read past a key we will reject anyway.
+                r.skip("partition key", key_len - key.len())?;
+            }
+            let data_len = r.u32("data length")? as usize;
+            let data = r.span("data", data_len)?;
+            spans.push(PutSpan {
+                key,
+                data,
+                explicit_hash_key,
+            });
+        }
+        Ok(PutRequest {
+            stream,
+            body: r.body.clone(),
+            spans,
+        })
+    }
+
+    /// The records, in order, as slices of the body.
+    pub fn records(&self) -> Vec<PutRef<'_>> {
+        self.spans
+            .iter()
+            .map(|span| PutRef {
+                partition_key: &self.body[span.key.clone()],
+                data: &self.body[span.data.clone()],
+                explicit_hash_key: span.explicit_hash_key,
+            })
+            .collect()
+    }
+}
+
 /// A decoded request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -447,39 +547,20 @@ impl Request {
         let mut r = Reader::new(body);
         let request = match op {
             Op::PutRecords => {
-                let stream = r.str("stream")?;
-                let count = usize::from(r.u16("record count")?);
-                if count > BATCH_RECORDS_MAX {
-                    return Err(BodyError::TooManyRecords { count });
+                let put = PutRequest::read(&mut r)?;
+                let records = put
+                    .spans
+                    .iter()
+                    .map(|span| PutEntry {
+                        partition_key: put.body.slice(span.key.clone()),
+                        data: put.body.slice(span.data.clone()),
+                        explicit_hash_key: span.explicit_hash_key,
+                    })
+                    .collect();
+                Request::PutRecords {
+                    stream: put.stream,
+                    records,
                 }
-                let mut records = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let flags = r.u8("record flags")?;
-                    if flags & !1 != 0 {
-                        return Err(BodyError::RecordFlags { found: flags });
-                    }
-                    let explicit_hash_key = if flags & 1 != 0 {
-                        Some(r.u128("explicit hash key")?)
-                    } else {
-                        None
-                    };
-                    let key_len = usize::from(r.u16("partition key length")?);
-                    let partition_key =
-                        r.take("partition key", key_len.min(PARTITION_KEY_BYTES_MAX + 1))?;
-                    if key_len > PARTITION_KEY_BYTES_MAX {
-                        // Leave the limit check (a typed LimitExceeded) to validation, but
-                        // do not read past a key we will reject anyway.
-                        r.skip("partition key", key_len - partition_key.len())?;
-                    }
-                    let data_len = r.u32("data length")? as usize;
-                    let data = r.take("data", data_len)?;
-                    records.push(PutEntry {
-                        partition_key,
-                        data,
-                        explicit_hash_key,
-                    });
-                }
-                Request::PutRecords { stream, records }
             }
             Op::GetRecords => Request::GetRecords {
                 stream: r.str("stream")?,
@@ -1048,9 +1129,15 @@ impl Reader {
     }
 
     fn take(&mut self, field: &'static str, n: usize) -> Result<Bytes, BodyError> {
+        let span = self.span(field, n)?;
+        Ok(self.body.slice(span))
+    }
+
+    /// Steps over `n` bytes and returns where they lie in the body.
+    fn span(&mut self, field: &'static str, n: usize) -> Result<std::ops::Range<usize>, BodyError> {
         let start = self.at;
         self.skip(field, n)?;
-        Ok(self.body.slice(start..start + n))
+        Ok(start..start + n)
     }
 
     /// Steps over `n` bytes without slicing them: no reference count touched.

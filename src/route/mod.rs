@@ -1,7 +1,7 @@
 //! Step 3 of the data path: routing. A put's records are hashed (MD5 of the partition key,
-//! or the explicit hash key) to the shard whose range holds the key, grouped into one
-//! sub-batch per shard, and handed to each shard's owner core: a direct call on this core,
-//! one message per owner core otherwise. Results come back in request order. Runs on the
+//! or the explicit hash key) to the shard whose range holds the key, encoded into one
+//! sub-batch per shard in the log's batch layout, and handed to each shard's owner core: a
+//! direct call on this core, one message per owner core otherwise. Results come back in request order. Runs on the
 //! core that holds the connection.
 
 use std::rc::Rc;
@@ -11,12 +11,22 @@ use futures::future::join_all;
 
 use crate::catalog::{self, Catalog, StreamStatus};
 use crate::limits::RESHARD_WAIT_US_MAX;
-use crate::log::RecordIn;
-use crate::log::batch::{self, Valid};
-use crate::protocol::binary::{PutEntry, PutResult, Status, WireError};
+use crate::log::batch::{self, Encoded};
+pub use crate::protocol::binary::PutRef;
+use crate::protocol::binary::{PutResult, Status, WireError};
 use crate::server::core::{Core, CoreReply, CoreRequest, SubBatchOutcome};
 
+/// A record waiting to be routed: its place in the put, partition key and data.
+type Todo<'a> = (usize, &'a [u8], &'a [u8]);
+
+/// Records a shard handed back (it was closing or moving), with their places in the put.
+type Returned = Vec<(Vec<usize>, Encoded)>;
+
 /// Routes and appends a put; every limit is checked before anything is appended.
+///
+/// Each shard's records are encoded here, on the core that read the put, into one buffer
+/// in the log's batch layout ([`Encoded`]); the owner core fills in the header. So the
+/// records are copied once, and cross cores as one buffer per shard.
 ///
 /// When a shard is closing (split, merge) or moving to another core, its owner hands the
 /// records back; they are routed again with the next catalog, which sends them to the
@@ -30,61 +40,64 @@ use crate::server::core::{Core, CoreReply, CoreRequest, SubBatchOutcome};
 pub async fn put_records(
     core: &Rc<Core>,
     stream_name: &str,
-    entries: Vec<PutEntry>,
+    records: &[PutRef<'_>],
     arrival_us: u64,
 ) -> Result<Vec<PutResult>, WireError> {
-    let count = entries.len();
+    batch::validate_put(records.iter().map(|r| (r.partition_key, r.data.len())))
+        .map_err(|e| WireError::new(Status::LimitExceeded, e.to_string()))?;
+    let count = records.len();
     let mut hashes = Vec::with_capacity(count);
     // Every key is hashed in eight-key lanes; an explicit hash key then replaces its
     // record's MD5 (rare, and cheaper than splitting the lanes around it).
-    let keys: Vec<&[u8]> = entries.iter().map(|e| &e.partition_key[..]).collect();
+    let keys: Vec<&[u8]> = records.iter().map(|r| r.partition_key).collect();
     catalog::md5x8::hash_keys(&keys, &mut hashes);
     drop(keys);
-    let mut records = Vec::with_capacity(count);
-    for (entry, hash) in entries.into_iter().zip(&mut hashes) {
-        if let Some(explicit) = entry.explicit_hash_key {
+    for (record, hash) in records.iter().zip(&mut hashes) {
+        if let Some(explicit) = record.explicit_hash_key {
             *hash = explicit;
         }
-        records.push(RecordIn {
-            partition_key: entry.partition_key,
-            data: entry.data,
-            arrival_us,
-        });
     }
-    let limit = |e: batch::LimitError| WireError::new(Status::LimitExceeded, e.to_string());
-    let mut todo = Valid::check(records).map_err(limit)?;
-    let mut indices: Vec<usize> = (0..count).collect();
     let mut results: Vec<Option<PutResult>> = vec![None; count];
     let deadline = std::time::Instant::now() + Duration::from_micros(RESHARD_WAIT_US_MAX);
-    loop {
-        let snapshot = core.snapshot();
-        let returned = append_once(
-            core,
-            &snapshot,
-            stream_name,
-            (indices, todo),
-            &hashes,
-            &mut results,
-        )
-        .await?;
-        if returned.is_empty() {
-            break;
-        }
+    let todo: Vec<Todo<'_>> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, r.partition_key, r.data))
+        .collect();
+    let route = Route {
+        core,
+        stream_name,
+        hashes: &hashes,
+        arrival_us,
+    };
+    let mut snapshot = core.snapshot();
+    let mut returned = route.append_once(&snapshot, &todo, &mut results).await?;
+    drop(todo);
+    while !returned.is_empty() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if !core.wait_for_catalog_after(snapshot.epoch, left).await {
-            for (index, _) in returned {
-                results[index] = Some(Err(WireError::new(
-                    Status::ShardUnavailable,
-                    "the record's shard was closing or moving and the reshard did not finish in time",
-                )));
+            for (indices, _) in returned {
+                for index in indices {
+                    results[index] = Some(Err(WireError::new(
+                        Status::ShardUnavailable,
+                        "the record's shard was closing or moving and the reshard did not finish in time",
+                    )));
+                }
             }
             break;
         }
-        // Part of the batch checked above, so within every limit; checked again all the
-        // same, as the rare path it is.
-        let (next, records): (Vec<usize>, Vec<RecordIn>) = returned.into_iter().unzip();
-        indices = next;
-        todo = Valid::check(records).map_err(limit)?;
+        let parts = std::mem::take(&mut returned);
+        let todo: Vec<Todo<'_>> = parts
+            .iter()
+            .flat_map(|(indices, batch)| {
+                indices
+                    .iter()
+                    .zip(batch.records())
+                    .map(|(&i, (key, data))| (i, key, data))
+            })
+            .collect();
+        snapshot = core.snapshot();
+        returned = route.append_once(&snapshot, &todo, &mut results).await?;
     }
     Ok(results
         .into_iter()
@@ -94,150 +107,153 @@ pub async fn put_records(
         .collect())
 }
 
-/// Routes `todo` (each record with its index in the request) with one catalog and appends
-/// it, filling `results`; returns the records handed back by shards that were closing or
-/// moving.
-async fn append_once(
-    core: &Rc<Core>,
-    snapshot: &Catalog,
-    stream_name: &str,
-    (indices, todo): (Vec<usize>, Valid),
-    hashes: &[u128],
-    results: &mut [Option<PutResult>],
-) -> Result<Vec<(usize, RecordIn)>, WireError> {
-    // Records go only to a stream that is ACTIVE (or UPDATING), as in Kinesis.
-    let stream = snapshot
-        .stream(stream_name)
-        .filter(|s| matches!(s.status, StreamStatus::Active | StreamStatus::Updating))
-        .ok_or_else(|| stream_not_found(stream_name))?;
-    let mut placement = Vec::with_capacity(todo.len());
-    for index in &indices {
-        let hash = hashes.get(*index).copied().unwrap_or(0);
-        let shard = stream.shard_for_hash(hash).ok_or_else(|| {
-            WireError::new(Status::Internal, format!("no shard holds hash key {hash}"))
-        })?;
-        placement.push((shard.owner_core, shard.index));
-    }
-    let plan = plan(&placement);
-    // Sub-batches numbered core by core: core slot c's batch slot b is part first[c] + b.
-    let mut first = Vec::with_capacity(plan.cores.len());
-    let mut sizes = Vec::new();
-    for counts in &plan.counts {
-        first.push(sizes.len());
-        sizes.extend_from_slice(counts);
-    }
-    let part_of: Vec<usize> = plan.slots.iter().map(|&(c, b)| first[c] + b).collect();
-    let mut parts = todo.split(&sizes, &part_of).into_iter();
-    let sub_batches: Vec<Vec<(u32, Valid)>> = plan
-        .shards
-        .iter()
-        .map(|shards| {
-            let parts = &mut parts;
-            shards
-                .iter()
-                .map(|&shard| (shard, parts.next().unwrap_or_default()))
-                .collect()
-        })
-        .collect();
-    let calls = plan
-        .cores
-        .iter()
-        .zip(sub_batches)
-        .map(|(&target, batches)| {
+/// What every round of routing one put shares.
+struct Route<'a> {
+    core: &'a Rc<Core>,
+    stream_name: &'a str,
+    /// Each record's hash key, by its place in the put.
+    hashes: &'a [u128],
+    arrival_us: u64,
+}
+
+/// One shard's part of a round.
+struct Part {
+    shard: u32,
+    owner_core: u16,
+    records: usize,
+    payload: usize,
+    /// Where its outcome comes back: (owner core's slot, sub-batch slot).
+    place: (usize, usize),
+}
+
+impl Route<'_> {
+    /// Routes `todo` with one catalog and appends it, filling `results`; returns the
+    /// records handed back by shards that were closing or moving.
+    async fn append_once(
+        &self,
+        snapshot: &Catalog,
+        todo: &[Todo<'_>],
+        results: &mut [Option<PutResult>],
+    ) -> Result<Returned, WireError> {
+        // Records go only to a stream that is ACTIVE (or UPDATING), as in Kinesis.
+        let stream = snapshot
+            .stream(self.stream_name)
+            .filter(|s| matches!(s.status, StreamStatus::Active | StreamStatus::Updating))
+            .ok_or_else(|| stream_not_found(self.stream_name))?;
+        // Each record's part, numbered in order of first appearance.
+        let mut part_at_position = vec![u32::MAX; stream.shards.len()];
+        let mut parts: Vec<Part> = Vec::new();
+        let mut part_of = Vec::with_capacity(todo.len());
+        for &(index, key, data) in todo {
+            let hash = self.hashes.get(index).copied().unwrap_or(0);
+            let position = stream.shard_position_for_hash(hash).ok_or_else(|| {
+                WireError::new(Status::Internal, format!("no shard holds hash key {hash}"))
+            })?;
+            let slot = &mut part_at_position[position];
+            if *slot == u32::MAX {
+                *slot = parts.len() as u32;
+                let shard = &stream.shards[position];
+                parts.push(Part {
+                    shard: shard.index,
+                    owner_core: shard.owner_core,
+                    records: 0,
+                    payload: 0,
+                    place: (0, 0),
+                });
+            }
+            let part = &mut parts[*slot as usize];
+            part.records += 1;
+            part.payload += key.len() + data.len();
+            part_of.push(*slot as usize);
+        }
+        let mut batches: Vec<Encoded> = parts
+            .iter()
+            .map(|p| Encoded::with_capacity(p.records, p.payload, self.arrival_us))
+            .collect();
+        for (&(_, key, data), &part) in todo.iter().zip(&part_of) {
+            batches[part].push(key, data);
+        }
+        // One request per owner core, carrying that core's sub-batches.
+        let mut cores: Vec<u16> = Vec::new();
+        let mut per_core: Vec<Vec<(u32, Encoded)>> = Vec::new();
+        for (part, batch) in parts.iter_mut().zip(batches) {
+            let core_slot = match cores.iter().position(|&c| c == part.owner_core) {
+                Some(slot) => slot,
+                None => {
+                    cores.push(part.owner_core);
+                    per_core.push(Vec::new());
+                    cores.len() - 1
+                }
+            };
+            part.place = (core_slot, per_core[core_slot].len());
+            per_core[core_slot].push((part.shard, batch));
+        }
+        let calls = cores.iter().zip(per_core).map(|(&target, batches)| {
             let request = CoreRequest::Append {
                 stream_id: stream.id,
                 batches,
             };
-            core.call(usize::from(target), request)
+            self.core.call(usize::from(target), request)
         });
-    let mut outcomes: Vec<Vec<SubBatchOutcome>> = Vec::with_capacity(plan.cores.len());
-    for reply in join_all(calls).await {
-        match reply {
-            CoreReply::Appended(per_shard) => outcomes.push(per_shard),
-            CoreReply::Control(Err(error)) => return Err(error),
-            _ => {
-                return Err(WireError::new(
-                    Status::Internal,
-                    "unexpected reply to an append",
-                ));
-            }
-        }
-    }
-    // Each record's sequence number is its sub-batch's first plus its place in it; records
-    // past the appended prefix failed, or come back to be routed again.
-    let mut taken: Vec<Vec<usize>> = outcomes.iter().map(|a| vec![0; a.len()]).collect();
-    let mut returned = Vec::new();
-    for (&(core_slot, batch_slot), &index) in plan.slots.iter().zip(&indices) {
-        let shard = plan.shards[core_slot][batch_slot];
-        let place = &mut taken[core_slot][batch_slot];
-        let outcome = outcomes
-            .get_mut(core_slot)
-            .and_then(|a| a.get_mut(batch_slot));
-        let result = match outcome {
-            Some(o) if *place < o.appended as usize => Ok((shard, o.first_seq + *place as u64)),
-            Some(o) if !o.returned.is_empty() => {
-                // Handed back in order; take them from the front.
-                if let Some(record) = o.returned.pop_front() {
-                    returned.push((index, record));
+        let mut outcomes: Vec<Vec<SubBatchOutcome>> = Vec::with_capacity(cores.len());
+        for reply in join_all(calls).await {
+            match reply {
+                CoreReply::Appended(per_shard) => outcomes.push(per_shard),
+                CoreReply::Control(Err(error)) => return Err(error),
+                _ => {
+                    return Err(WireError::new(
+                        Status::Internal,
+                        "unexpected reply to an append",
+                    ));
                 }
-                *place += 1;
-                continue;
             }
-            Some(o) => Err(o
-                .error
-                .clone()
-                .unwrap_or_else(|| WireError::new(Status::Internal, "record not appended"))),
-            None => Err(WireError::new(Status::Internal, "missing append result")),
-        };
-        *place += 1;
-        if let Some(slot) = results.get_mut(index) {
-            *slot = Some(result);
         }
-    }
-    Ok(returned)
-}
-
-/// Where each record of a put goes: owner cores, the shards per core, and for each record
-/// (in request order) its core slot and sub-batch slot; `counts` mirrors `shards` with
-/// each sub-batch's record count, so every sub-batch is allocated once.
-struct Plan {
-    cores: Vec<u16>,
-    shards: Vec<Vec<u32>>,
-    counts: Vec<Vec<usize>>,
-    slots: Vec<(usize, usize)>,
-}
-
-fn plan(placement: &[(u16, u32)]) -> Plan {
-    let mut cores: Vec<u16> = Vec::new();
-    let mut shards: Vec<Vec<u32>> = Vec::new();
-    let mut counts: Vec<Vec<usize>> = Vec::new();
-    let mut slots = Vec::with_capacity(placement.len());
-    for &(owner, shard) in placement {
-        let core_slot = match cores.iter().position(|&c| c == owner) {
-            Some(slot) => slot,
-            None => {
-                cores.push(owner);
-                shards.push(Vec::new());
-                counts.push(Vec::new());
-                cores.len() - 1
+        // Each record's sequence number is its sub-batch's first plus its place in it;
+        // records past the appended prefix failed, or come back to be routed again.
+        let mut taken = vec![0usize; parts.len()];
+        let mut returned: Vec<Vec<usize>> = vec![Vec::new(); parts.len()];
+        for (&(index, _, _), &slot) in todo.iter().zip(&part_of) {
+            let part = &parts[slot];
+            let place = taken[slot];
+            taken[slot] += 1;
+            let (core_slot, batch_slot) = part.place;
+            let outcome = outcomes.get(core_slot).and_then(|o| o.get(batch_slot));
+            let result = match outcome {
+                Some(o) if place < o.appended as usize => {
+                    Ok((part.shard, o.first_seq + place as u64))
+                }
+                Some(SubBatchOutcome {
+                    appended,
+                    returned: Some(batch),
+                    ..
+                }) if place - (*appended as usize) < batch.len() => {
+                    returned[slot].push(index);
+                    continue;
+                }
+                Some(o) => Err(o
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| WireError::new(Status::Internal, "record not appended"))),
+                None => Err(WireError::new(Status::Internal, "missing append result")),
+            };
+            if let Some(slot) = results.get_mut(index) {
+                *slot = Some(result);
             }
-        };
-        let batch_slot = match shards[core_slot].iter().position(|&s| s == shard) {
-            Some(slot) => slot,
-            None => {
-                shards[core_slot].push(shard);
-                counts[core_slot].push(0);
-                shards[core_slot].len() - 1
-            }
-        };
-        counts[core_slot][batch_slot] += 1;
-        slots.push((core_slot, batch_slot));
-    }
-    Plan {
-        cores,
-        shards,
-        counts,
-        slots,
+        }
+        Ok(parts
+            .iter()
+            .zip(returned)
+            .filter(|(_, indices)| !indices.is_empty())
+            .filter_map(|(part, indices)| {
+                let (core_slot, batch_slot) = part.place;
+                let batch = outcomes
+                    .get_mut(core_slot)?
+                    .get_mut(batch_slot)?
+                    .returned
+                    .take()?;
+                Some((indices, batch))
+            })
+            .collect())
     }
 }
 

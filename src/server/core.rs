@@ -4,7 +4,7 @@
 //! nothing here crosses threads except [`CoreMessage`] values on bounded glommio channels.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -20,8 +20,8 @@ use crate::catalog::{Catalog, StreamMeta};
 use crate::commit::Committer;
 use crate::config::Config;
 use crate::limits::READ_WAIT_US_MAX;
-use crate::log::batch::Valid;
-use crate::log::{AppendError, LogConfig, RecordIn, ShardLog, StartPosition};
+use crate::log::batch::Encoded;
+use crate::log::{AppendError, LogConfig, ShardLog, StartPosition};
 use crate::metrics::{CoreMetrics, Op as Measured, Recorder};
 use crate::protocol::binary::{RecordsBody, Response, Status, WireError};
 use crate::protocol::kinesis::iterator::IteratorKey;
@@ -52,7 +52,7 @@ pub enum CoreRequest {
     /// Append sub-batches to shards the target owns, one per shard.
     Append {
         stream_id: u64,
-        batches: Vec<(u32, Valid)>,
+        batches: Vec<(u32, Encoded)>,
     },
     /// Read from a shard the target owns, waiting up to `wait_us` for records.
     Read {
@@ -138,16 +138,12 @@ pub struct SubBatchOutcome {
     pub error: Option<WireError>,
     /// Those records, in order, when they should be routed again: the shard was closing
     /// or moving, so the next catalog sends them elsewhere.
-    pub returned: VecDeque<RecordIn>,
+    pub returned: Option<Encoded>,
 }
 
 impl SubBatchOutcome {
-    fn failed(error: WireError, records: Vec<RecordIn>) -> SubBatchOutcome {
-        let returned = if error.status == Status::ShardUnavailable {
-            records.into()
-        } else {
-            VecDeque::new()
-        };
+    fn failed(error: WireError, records: Option<Encoded>) -> SubBatchOutcome {
+        let returned = records.filter(|_| error.status == Status::ShardUnavailable);
         SubBatchOutcome {
             first_seq: 0,
             appended: 0,
@@ -679,79 +675,63 @@ impl Core {
     async fn append_local(
         &self,
         stream_id: u64,
-        batches: Vec<(u32, Valid)>,
+        batches: Vec<(u32, Encoded)>,
     ) -> Vec<SubBatchOutcome> {
         let quota = &self.config.quota;
         let now = crate::tools::now_us();
         let heat_bytes = quota.write_bytes_per_s * quota.on_demand_split_percent / 100;
-        // How many records of each sub-batch the shard's write quota admits.
-        let admitted: Vec<usize> = batches
-            .iter()
-            .map(|(shard, records)| {
-                if !quota.enabled {
-                    return records.len();
+        let appends = batches.into_iter().map(|(shard, mut batch)| {
+            let log = self.shards.borrow().get(&(stream_id, shard)).cloned();
+            async move {
+                let Some(log) = log else {
+                    return SubBatchOutcome::failed(not_owned(shard), Some(batch));
+                };
+                // What the shard's write quota admits of the sub-batch, from the front.
+                let offered = batch.len();
+                if quota.enabled {
+                    let take = self
+                        .usage
+                        .borrow_mut()
+                        .entry((stream_id, shard))
+                        .or_insert_with(|| ShardUsage::new(quota, now))
+                        .admit_writes(batch.record_sizes(), now);
+                    batch.truncate(take);
                 }
-                let mut usage = self.usage.borrow_mut();
-                usage
-                    .entry((stream_id, *shard))
-                    .or_insert_with(|| ShardUsage::new(quota, now))
-                    .admit_writes(records.records(), now)
-            })
-            .collect();
-        let appends = batches
-            .iter()
-            .zip(&admitted)
-            .map(|((shard, records), &take)| {
-                let log = self.shards.borrow().get(&(stream_id, *shard)).cloned();
-                async move {
-                    let Some(log) = log else {
-                        return Err(not_owned(*shard));
-                    };
-                    let admitted = records.prefix(take);
-                    let records = admitted.records();
-                    if records.is_empty() {
-                        return Ok(None);
-                    }
-                    let appended = log.append_valid(admitted).await.map_err(append_error)?;
-                    let bytes: usize = records
-                        .iter()
-                        .map(|r| r.data.len() + r.partition_key.len())
-                        .sum();
-                    self.metrics.count(|c| {
-                        c.records_in += records.len() as u64;
-                        c.bytes_in += bytes as u64;
-                    });
-                    let mut usage = self.usage.borrow_mut();
-                    let usage = usage
-                        .entry((stream_id, *shard))
-                        .or_insert_with(|| ShardUsage::new(quota, now));
-                    usage.note_written(bytes as u64, heat_bytes, now);
-                    usage.counters.records_in += records.len() as u64;
-                    usage.counters.bytes_in += bytes as u64;
-                    Ok(Some(appended))
-                }
-            });
-        let results = join_all(appends).await;
-        results
-            .into_iter()
-            .zip(batches)
-            .zip(admitted)
-            .map(|((result, (shard, records)), take)| {
-                let throttled = (take < records.len()).then(|| {
-                    self.count_throttled(stream_id, shard, (records.len() - take) as u64);
+                let throttled = (batch.len() < offered).then(|| {
+                    self.count_throttled(stream_id, shard, (offered - batch.len()) as u64);
                     self.throttled(stream_id, shard)
                 });
-                match result {
-                    Ok(ack) => SubBatchOutcome {
-                        first_seq: ack.map_or(0, |a| a.first_seq),
-                        appended: ack.map_or(0, |a| a.records),
-                        error: throttled,
-                        returned: VecDeque::new(),
-                    },
-                    Err(error) => SubBatchOutcome::failed(error, records.into_records()),
+                let outcome = |first_seq, appended| SubBatchOutcome {
+                    first_seq,
+                    appended,
+                    error: throttled.clone(),
+                    returned: None,
+                };
+                if batch.is_empty() {
+                    return outcome(0, 0);
                 }
-            })
-            .collect()
+                let (records, bytes) = (batch.len() as u64, batch.payload_bytes() as u64);
+                let ack = match log.append_encoded(batch).await {
+                    Ok(ack) => ack,
+                    Err((error, batch)) => {
+                        return SubBatchOutcome::failed(append_error(error), batch);
+                    }
+                };
+                self.metrics.count(|c| {
+                    c.records_in += records;
+                    c.bytes_in += bytes;
+                });
+                let mut usage = self.usage.borrow_mut();
+                let usage = usage
+                    .entry((stream_id, shard))
+                    .or_insert_with(|| ShardUsage::new(quota, now));
+                usage.note_written(bytes, heat_bytes, now);
+                usage.counters.records_in += records;
+                usage.counters.bytes_in += bytes;
+                outcome(ack.first_seq, ack.records)
+            }
+        });
+        join_all(appends).await
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -7,7 +7,6 @@
 //! large GetRecords the same way). Runs on the owner core only.
 
 use crate::config::QuotaConfig;
-use crate::log::RecordIn;
 
 /// A token bucket: `rate` tokens a second, at most one second's worth held.
 #[derive(Clone, Debug)]
@@ -63,14 +62,14 @@ impl ShardUsage {
         }
     }
 
-    /// How many of `records`, from the first, fit the write quota now; takes their cost.
-    /// Partition keys count, as in Kinesis.
-    pub fn admit_writes(&mut self, records: &[RecordIn], now_us: u64) -> usize {
+    /// How many records, from the first, fit the write quota now, given each record's
+    /// size (partition key and data, as Kinesis counts it); takes their cost.
+    pub fn admit_writes(&mut self, sizes: impl Iterator<Item = usize>, now_us: u64) -> usize {
         self.write_bytes.refill(now_us);
         self.write_records.refill(now_us);
         let mut admitted = 0;
-        for record in records {
-            let bytes = (record.data.len() + record.partition_key.len()) as f64;
+        for size in sizes {
+            let bytes = size as f64;
             if self.write_records.level < 1.0 || self.write_bytes.level < bytes {
                 break;
             }
@@ -114,36 +113,27 @@ impl ShardUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    fn record(bytes: usize) -> RecordIn {
-        RecordIn {
-            partition_key: Bytes::from_static(b"k"),
-            data: Bytes::from(vec![0; bytes - 1]),
-            arrival_us: 0,
-        }
-    }
 
     #[test]
     fn writes_pass_up_to_one_second_of_quota_and_refill_with_time() {
         let config = QuotaConfig::default();
         let mut usage = ShardUsage::new(&config, 0);
-        let small: Vec<RecordIn> = (0..1500).map(|_| record(10)).collect();
+        let small = || std::iter::repeat_n(10, 1500);
         assert_eq!(
-            usage.admit_writes(&small, 0),
+            usage.admit_writes(small(), 0),
             1000,
             "1,000 records a second"
         );
-        assert_eq!(usage.admit_writes(&small, 0), 0);
+        assert_eq!(usage.admit_writes(small(), 0), 0);
         assert_eq!(
-            usage.admit_writes(&small, 500_000),
+            usage.admit_writes(small(), 500_000),
             500,
             "half a second refills half"
         );
         let mut usage = ShardUsage::new(&config, 0);
-        let big: Vec<RecordIn> = (0..3).map(|_| record(512 * 1024)).collect();
+        let big = std::iter::repeat_n(512 * 1024, 3);
         assert_eq!(
-            usage.admit_writes(&big, 0),
+            usage.admit_writes(big, 0),
             2,
             "1 MiB a second, keys included"
         );

@@ -11,11 +11,23 @@ use crate::catalog::StreamMeta;
 use crate::limits::{READ_BYTES_MAX, READ_RECORDS_MAX, RESHARD_WAIT_US_MAX};
 use crate::log::StartPosition;
 use crate::protocol::binary::{
-    RecordsBody, Request, Response, ShardDescription, Status, StreamDescription, WireError,
+    PutRequest, RecordsBody, Request, Response, ShardDescription, Status, StreamDescription,
+    WireError,
 };
 use crate::route;
 use crate::server::controller::ControlRequest;
 use crate::server::core::{Core, CoreReply, CoreRequest};
+
+/// Serves a PutRecords request, decoded by [`PutRequest::decode`].
+///
+/// # Errors
+/// [`WireError`] with the status the client sees.
+pub async fn put(core: &Rc<Core>, put: &PutRequest) -> Result<Response, WireError> {
+    let arrival_us = crate::tools::now_us();
+    let records = put.records();
+    let results = route::put_records(core, &put.stream, &records, arrival_us).await?;
+    Ok(Response::Put(results))
+}
 
 /// Serves a request (anything but a subscription).
 ///
@@ -24,8 +36,9 @@ use crate::server::core::{Core, CoreReply, CoreRequest};
 pub async fn handle(core: &Rc<Core>, request: Request) -> Result<Response, WireError> {
     match request {
         Request::PutRecords { stream, records } => {
+            let records: Vec<route::PutRef<'_>> = records.iter().map(Into::into).collect();
             let results =
-                route::put_records(core, &stream, records, crate::tools::now_us()).await?;
+                route::put_records(core, &stream, &records, crate::tools::now_us()).await?;
             Ok(Response::Put(results))
         }
         Request::GetRecords {

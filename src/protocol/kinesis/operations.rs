@@ -12,7 +12,7 @@ use crate::limits::{
     STREAM_NAME_BYTES_MAX,
 };
 use crate::log::StartPosition;
-use crate::protocol::binary::{PutEntry, RecordsBody, Status};
+use crate::protocol::binary::{RecordsBody, Status};
 use crate::protocol::kinesis::errors::{KinesisError, from_wire};
 use crate::protocol::kinesis::iterator::{IteratorError, IteratorState};
 use crate::protocol::kinesis::json::{Input, Out, Speller};
@@ -943,14 +943,15 @@ fn parse_hash_key(text: &str) -> Result<u128, KinesisError> {
     })
 }
 
-/// Checks and decodes put records into one buffer: keys and payloads become slices of it.
+/// Checks put records and decodes their payloads into one buffer.
 /// Every limit is checked before anything is appended.
-fn decode_records(
-    records: &[&Input<'_, '_>],
+fn decode_records<'a>(
+    records: &[&Input<'a, '_>],
     path: &dyn Fn(usize, &str) -> String,
-) -> Result<Vec<PutEntry>, KinesisError> {
+) -> Result<Decoded<'a>, KinesisError> {
     let mut checked = Vec::with_capacity(records.len());
     let mut total = 0usize;
+    let mut data_total = 0usize;
     for (i, record) in records.iter().enumerate() {
         let [key, data, hash] = record.strs(["PartitionKey", "Data", "ExplicitHashKey"])?;
         let key = key.ok_or_else(|| super::json::missing("PartitionKey"))?;
@@ -986,6 +987,7 @@ fn decode_records(
         }
         let hash = hash.map(parse_hash_key).transpose()?;
         total += size + key.len();
+        data_total += size;
         checked.push(Checked { key, data, hash });
     }
     if total > BATCH_BYTES_MAX {
@@ -993,40 +995,59 @@ fn decode_records(
             "Records size of {total} bytes exceeds the limit of {BATCH_BYTES_MAX} bytes (5 MiB)"
         )));
     }
-    // Every key and payload goes into one buffer, allocated once at its final size and
-    // written once (base64 decodes straight into its spare room).
-    let mut buffer: Vec<u8> = Vec::with_capacity(total);
-    let mut spans = Vec::with_capacity(checked.len());
+    // Every payload is decoded into one buffer, allocated once at its final size; routing
+    // then copies each record once more, into its shard's batch.
+    let mut buffer: Vec<u8> = Vec::with_capacity(data_total);
+    let mut ends = Vec::with_capacity(checked.len());
     for (i, record) in checked.iter().enumerate() {
-        let key_start = buffer.len();
-        buffer.extend_from_slice(record.key.as_bytes());
-        let data_start = buffer.len();
         base64_simd::STANDARD
             .decode_append(record.data.as_bytes(), &mut buffer)
             .map_err(|_| {
                 KinesisError::serialization(format!("Invalid base64 in {}", path(i, "data")))
             })?;
-        spans.push((key_start, data_start, buffer.len()));
+        ends.push(buffer.len());
     }
-    let buffer = bytes::Bytes::from(buffer);
-    Ok(checked
-        .iter()
-        .zip(spans)
-        .map(|(record, (key, data, end))| PutEntry {
-            partition_key: buffer.slice(key..data),
-            data: buffer.slice(data..end),
-            explicit_hash_key: record.hash,
-        })
-        .collect())
+    Ok(Decoded {
+        checked,
+        buffer,
+        ends,
+    })
+}
+
+/// Put records checked and decoded: keys borrowed from the request, payloads in one
+/// buffer (record `i`'s ends at `ends[i]`).
+struct Decoded<'a> {
+    checked: Vec<Checked<'a>>,
+    buffer: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Decoded<'_> {
+    fn records(&self) -> Vec<route::PutRef<'_>> {
+        let mut start = 0;
+        self.checked
+            .iter()
+            .zip(&self.ends)
+            .map(|(record, &end)| {
+                let data = &self.buffer[start..end];
+                start = end;
+                route::PutRef {
+                    partition_key: record.key.as_bytes(),
+                    data,
+                    explicit_hash_key: record.hash,
+                }
+            })
+            .collect()
+    }
 }
 
 async fn put(
     core: &Rc<Core>,
     name: &str,
-    entries: Vec<PutEntry>,
+    decoded: &Decoded<'_>,
 ) -> Result<Vec<crate::protocol::binary::PutResult>, KinesisError> {
     find_stream(core, name)?;
-    route::put_records(core, name, entries, crate::tools::now_us())
+    route::put_records(core, name, &decoded.records(), crate::tools::now_us())
         .await
         .map_err(|error| match error.status {
             Status::StreamNotFound => not_found(core, name),
@@ -1036,8 +1057,8 @@ async fn put(
 
 async fn put_record(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, KinesisError> {
     let name = stream_name(input)?;
-    let entries = decode_records(&[input], &|_, member| super::json::lower_camel(member))?;
-    let mut results = put(core, name, entries).await?;
+    let decoded = decode_records(&[input], &|_, member| super::json::lower_camel(member))?;
+    let mut results = put(core, name, &decoded).await?;
     let (shard, seq) = results
         .pop()
         .ok_or_else(|| KinesisError::internal("No result for the record"))?
@@ -1072,9 +1093,9 @@ async fn put_records(core: &Rc<Core>, input: &Input<'_, '_>) -> Result<Vec<u8>, 
     let inputs: Vec<Input<'_, '_>> = records.iter().map(Input::new).collect::<Result<_, _>>()?;
     let refs: Vec<&Input<'_, '_>> = inputs.iter().collect();
     let path = |i: usize, member: &str| format!("records.{}.member.{member}", i + 1);
-    let entries = decode_records(&refs, &path)?;
-    let count = entries.len();
-    let results = put(core, name, entries).await?;
+    let decoded = decode_records(&refs, &path)?;
+    let count = decoded.checked.len();
+    let results = put(core, name, &decoded).await?;
     let failed = results.iter().filter(|r| r.is_err()).count();
     let mut out = Out::with_capacity(64 + 110 * count);
     out.begin_object()
