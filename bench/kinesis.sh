@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 
 run_seconds=${RUN_SECONDS:-10}
 connections=${CONNECTIONS:-8 16 32}
+for c in $connections; do # spate load splits each over 2 connections
+  [ $((c % 2)) -eq 0 ] && [ "$c" -ge 2 ] || { echo "CONNECTIONS: even numbers of 2 or more, not '$c'" >&2; exit 2; }
+done
 work=$(mktemp -d -p "$PWD/target" bench-kinesis.XXXX)
 port=$((20000 + RANDOM % 20000))
 kl_port=$((port + 1))
@@ -96,7 +99,7 @@ def own(name, c):
     j = json.load(open(f"{work}/own-{name}-{c}.json"))
     return {"records_per_s": j["records_per_s"], "errors": j["errors"],
             "p50": j["latency_ms"]["p50"], "p99": j["latency_ms"]["p99"]}
-tools = (("wrk", wrk, "connections"), ("spate load --protocol kinesis", own, "2 connections x in flight"))
+tools = (("wrk", wrk), ("spate load --protocol kinesis", own))
 commit = sh("git rev-parse --short HEAD") + (" (dirty)" if sh("git status --porcelain -- src") else "")
 cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
 print(f"\n## Kinesis API puts, spate and kinesalite — {datetime.date.today()}\n")
@@ -108,7 +111,7 @@ print("- durability: spate acknowledges after fdatasync; kinesalite 3.3.3 keeps 
 print("| load tool | in flight | spate records/s | spate p50 / p99 (ms) | kinesalite records/s | kinesalite p50 / p99 (ms) | errors (spate, kinesalite) | spate / kinesalite |")
 print("|---|---|---|---|---|---|---|---|")
 summary = []
-for tool, read, _ in tools:
+for tool, read in tools:
     rows = [(c, read("spate", c), read("kinesalite", c)) for c in conns]
     for c, s, k in rows:
         print(f"| {tool} | {c} | {s['records_per_s']:,.0f} | {s['p50']:.1f} / {s['p99']:.1f} | "
