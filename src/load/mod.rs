@@ -154,7 +154,7 @@ fn static_keys(count: usize) -> Vec<Bytes> {
 
 /// A source of partition keys: uniform, or Zipf-distributed over `keys` keys.
 pub struct KeyChooser {
-    keys: Vec<Bytes>,
+    keys: std::rc::Rc<[Bytes]>,
     cdf: Option<Vec<f64>>,
     state: u64,
 }
@@ -177,7 +177,7 @@ impl KeyChooser {
                 .collect()
         });
         KeyChooser {
-            keys,
+            keys: keys.into(),
             cdf,
             state: seed | 1,
         }
@@ -191,16 +191,26 @@ impl KeyChooser {
     }
 
     pub fn key(&mut self) -> Bytes {
+        let index = self.index();
+        self.keys[index].clone()
+    }
+
+    /// The index of the next key in [`KeyChooser::keys`].
+    pub fn index(&mut self) -> usize {
         let r = self.next_u64();
-        let index = match &self.cdf {
+        match &self.cdf {
             // Lemire's multiply-shift: uniform over the keys without a division.
             None => ((u128::from(r) * self.keys.len() as u128) >> 64) as usize,
             Some(cdf) => {
                 let u = (r >> 11) as f64 / (1u64 << 53) as f64;
                 cdf.partition_point(|&c| c < u).min(self.keys.len() - 1)
             }
-        };
-        self.keys[index].clone()
+        }
+    }
+
+    /// The keys it chooses from.
+    pub fn keys(&self) -> &std::rc::Rc<[Bytes]> {
+        &self.keys
     }
 
     /// A record size in `min..=max`.
@@ -281,15 +291,91 @@ enum Sender {
 }
 
 impl Sender {
-    async fn put_records(
-        &self,
-        stream: &str,
-        records: Vec<PutEntry>,
-    ) -> Result<Vec<crate::protocol::binary::PutResult>, ClientError> {
+    async fn put(&self, stream: &str, batch: Batch) -> Result<Acks, ClientError> {
         match self {
-            Sender::Binary(client) => client.put_records(stream, records).await,
-            Sender::Kinesis(pool) => pool.put_records(stream, records).await,
-            Sender::Nats(connection) => connection.put_records(stream, records).await,
+            Sender::Binary(client) => client
+                .put_records(stream, batch.into_entries())
+                .await
+                .map(Acks::from_results),
+            Sender::Kinesis(pool) => pool.put_records(stream, &batch).await,
+            Sender::Nats(connection) => connection
+                .put_records(stream, batch.into_entries())
+                .await
+                .map(Acks::from_results),
+        }
+    }
+}
+
+/// One record of a [`Batch::Picked`]: its key's index and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick {
+    pub key: u32,
+    pub size: u32,
+}
+
+/// The records of one put request.
+pub enum Batch {
+    /// Records cut from the static payload, each named by its key and size alone, so a
+    /// client that spells records from a cache (the Kinesis one) touches no `Bytes` for
+    /// them: the load generator shares the machine with the server it measures.
+    Picked {
+        keys: std::rc::Rc<[Bytes]>,
+        payload: Bytes,
+        picks: Vec<Pick>,
+    },
+    /// Records with payloads of their own (a verifying load stamps each one).
+    Entries(Vec<PutEntry>),
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Picked { picks, .. } => picks.len(),
+            Batch::Entries(entries) => entries.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn into_entries(self) -> Vec<PutEntry> {
+        match self {
+            Batch::Picked {
+                keys,
+                payload,
+                picks,
+            } => picks
+                .iter()
+                .map(|pick| PutEntry {
+                    partition_key: keys[pick.key as usize].clone(),
+                    data: payload.slice(..pick.size as usize),
+                    explicit_hash_key: None,
+                })
+                .collect(),
+            Batch::Entries(entries) => entries,
+        }
+    }
+}
+
+/// What a put request's answer said about its records.
+#[derive(Debug, Default)]
+pub struct Acks {
+    /// Records in the request.
+    pub records: usize,
+    /// The records refused, by position in the request, with the reason.
+    pub failures: Vec<(usize, crate::protocol::binary::WireError)>,
+}
+
+impl Acks {
+    fn from_results(results: Vec<crate::protocol::binary::PutResult>) -> Acks {
+        Acks {
+            records: results.len(),
+            failures: results
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+                .collect(),
         }
     }
 }
@@ -465,6 +551,7 @@ async fn drive_connection(
     let shared = std::rc::Rc::new(std::cell::RefCell::new(WorkerResult::empty()));
     let slots = std::rc::Rc::new(glommio::sync::Semaphore::new(options.in_flight as u64));
     let mut chooser = KeyChooser::new(options.keys, options.zipf, seed);
+    let stream: std::rc::Rc<str> = options.stream.as_str().into();
     let end = start + options.warmup + options.duration;
     let interval = requests_per_s.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-9)));
     let mut k: u64 = 0;
@@ -490,65 +577,79 @@ async fn drive_connection(
         } else {
             Instant::now()
         };
-        let mut records = Vec::with_capacity(options.batch);
         let mut bytes = 0u64;
         let first_counter = counter;
-        let mut stamped = bytes::BytesMut::new();
-        let mut lengths = Vec::new();
-        for _ in 0..options.batch {
-            let size = chooser.size(options.record_bytes_min, options.record_bytes_max);
-            bytes += size as u64;
-            let data = if options.verify {
-                // Stamped records are written into one buffer per request and sliced
-                // from it below; the payload here is a placeholder.
-                let size = size.max(STAMP_BYTES);
-                lengths.push(size);
+        let batch = if options.verify {
+            // Stamped records are written into one buffer per request and sliced from it.
+            let mut stamped = bytes::BytesMut::new();
+            let mut picks = Vec::with_capacity(options.batch);
+            for _ in 0..options.batch {
+                let size = chooser
+                    .size(options.record_bytes_min, options.record_bytes_max)
+                    .max(STAMP_BYTES);
+                bytes += size as u64;
+                picks.push((chooser.key(), size));
                 stamped.extend_from_slice(&producer.to_le_bytes());
                 stamped.extend_from_slice(&counter.to_le_bytes());
                 stamped.extend_from_slice(&crate::tools::now_us().to_le_bytes());
                 stamped.extend_from_slice(&payload[..size - STAMP_BYTES]);
                 counter += 1;
-                Bytes::new()
-            } else {
-                payload.slice(..size)
-            };
-            records.push(PutEntry {
-                partition_key: chooser.key(),
-                data,
-                explicit_hash_key: None,
-            });
-        }
-        if options.verify {
+            }
             let stamped = stamped.freeze();
             let mut at = 0;
-            for (record, len) in records.iter_mut().zip(lengths) {
-                record.data = stamped.slice(at..at + len);
-                at += len;
+            Batch::Entries(
+                picks
+                    .into_iter()
+                    .map(|(partition_key, size)| {
+                        at += size;
+                        PutEntry {
+                            partition_key,
+                            data: stamped.slice(at - size..at),
+                            explicit_hash_key: None,
+                        }
+                    })
+                    .collect(),
+            )
+        } else {
+            let mut picks = Vec::with_capacity(options.batch);
+            for _ in 0..options.batch {
+                let size = chooser.size(options.record_bytes_min, options.record_bytes_max);
+                bytes += size as u64;
+                picks.push(Pick {
+                    key: chooser.index() as u32,
+                    size: size as u32,
+                });
             }
-        }
+            Batch::Picked {
+                keys: chooser.keys().clone(),
+                payload: payload.clone(),
+                picks,
+            }
+        };
         let verify = options.verify;
         let sender = sender.clone();
         let shared = shared.clone();
         let counters = counters.clone();
-        let stream = options.stream.clone();
+        let stream = stream.clone();
         glommio::spawn_local(async move {
-            let result = sender.put_records(&stream, records).await;
+            let result = sender.put(&stream, batch).await;
             let latency_us = u64::try_from(intended.elapsed().as_micros())
                 .unwrap_or(u64::MAX)
                 .max(1);
             let measuring = counters.measuring.load(Ordering::Relaxed);
             let mut shared = shared.borrow_mut();
             match result {
-                Ok(results) => {
+                Ok(acks) => {
                     if verify {
-                        for (i, result) in results.iter().enumerate() {
-                            if result.is_ok() {
+                        let mut failures = acks.failures.iter().map(|(i, _)| *i).peekable();
+                        for i in 0..acks.records {
+                            if failures.next_if_eq(&i).is_none() {
                                 shared.acked.push((producer, first_counter + i as u64));
                             }
                         }
                     }
-                    let failed = results.iter().filter(|r| r.is_err()).count() as u64;
-                    let ok = results.len() as u64 - failed;
+                    let failed = acks.failures.len() as u64;
+                    let ok = acks.records as u64 - failed;
                     if measuring {
                         let _ = shared.histogram.record(latency_us);
                         shared.records += ok;
@@ -561,11 +662,10 @@ async fn drive_connection(
                             .rejected_records
                             .fetch_add(failed, Ordering::Relaxed);
                     }
-                    if failed > 0 && shared.first_error.is_none() {
-                        shared.first_error = results
-                            .into_iter()
-                            .find_map(|r| r.err())
-                            .map(|e| e.to_string());
+                    if shared.first_error.is_none()
+                        && let Some((_, error)) = acks.failures.into_iter().next()
+                    {
+                        shared.first_error = Some(error.to_string());
                     }
                 }
                 Err(error) => {
