@@ -398,7 +398,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    spate::runtime::tune_allocator();
+    spate::runtime::tune_memory();
     let result = match cli.command {
         Command::Serve {
             config,
