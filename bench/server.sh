@@ -3,8 +3,10 @@
 # `spate load` on the same machine, beside Redis Streams (XADD, appendonly with
 # appendfsync everysec) driven by redis-benchmark in the same run. Scenarios: 100 B and
 # 1 KiB records in batches of 500 at the maximum rate (closed loop), then an open-loop
-# latency run at half the 100 B maximum. Reports the server's peak resident memory.
-# Appends a section to bench/RESULTS.md.
+# latency run at half the 100 B maximum; then the 100 B maximum and half-maximum again with
+# the server on one core (`serve --cores 1`), which leaves the other core to the load
+# generator. Reports the server's peak resident memory. Appends a section to
+# bench/RESULTS.md.
 #
 #   bench/server.sh                    # 10 s per scenario
 #   RUN_SECONDS=20 bench/server.sh
@@ -31,9 +33,20 @@ fi
 cargo build --release --quiet
 spate=$PWD/target/release/spate
 
-"$spate" serve --data-dir "$work/data" --listen "127.0.0.1:$port" >"$work/serve.out" 2>"$work/serve.err" &
-server_pid=$!
-until grep -q serving "$work/serve.out" 2>/dev/null; do sleep 0.2; done
+start_server() { # extra serve args...
+  rm -rf "$work/data" "$work/serve.out"
+  "$spate" serve --data-dir "$work/data" --listen "127.0.0.1:$port" "$@" >"$work/serve.out" 2>"$work/serve.err" &
+  server_pid=$!
+  until grep -q serving "$work/serve.out" 2>/dev/null; do sleep 0.2; done
+}
+stop_server() {
+  kill -TERM "$server_pid"; wait "$server_pid" || true; server_pid=
+}
+half_of() { # load name -> half its records/s
+  python3 -c "import json; print(int(json.load(open('$work/$1.json'))['records_per_s'] / 2))"
+}
+
+start_server
 
 load() { # name, extra args...
   local name=$1; shift
@@ -44,10 +57,14 @@ load() { # name, extra args...
 }
 load put-100 --stream s100 --shards 4 --record-bytes 100
 load put-1k --stream s1k --shards 4 --record-bytes 1024
-half=$(python3 -c "import json; print(int(json.load(open('$work/put-100.json'))['records_per_s'] / 2))")
-load latency-half --stream s100 --record-bytes 100 --rate "$half"
+load latency-half --stream s100 --record-bytes 100 --rate "$(half_of put-100)"
 peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
-kill -TERM "$server_pid"; wait "$server_pid" || true; server_pid=
+stop_server
+
+start_server --cores 1
+load put-100-one --stream s100 --shards 4 --record-bytes 100
+load latency-half-one --stream s100 --record-bytes 100 --rate "$(half_of put-100-one)"
+stop_server
 
 echo "redis: XADD, appendonly everysec" >&2
 mkdir -p "$work/redis"
@@ -89,8 +106,15 @@ for name, size in (("put-100", 100), ("put-1k", 1024)):
     l = s["latency_ms"]
     print(f"| {size} B, max rate (closed loop) | {s['records_per_s']/1e6:.2f} M | {s['mb_per_s']:.0f} | "
           f"{l['p50']:.1f} / {l['p99']:.1f} / {l['max']:.1f} | {r/1e6:.2f} M | {r99:.1f} | {s['records_per_s']/r:.2f} |")
-h = load("latency-half"); l = h["latency_ms"]
-print(f"| 100 B at half the max, {h['rate']:,.0f} records/s (open loop) | {h['records_per_s']/1e6:.2f} M | {h['mb_per_s']:.0f} | "
-      f"{l['p50']:.1f} / {l['p99']:.1f} / {l['max']:.1f} | – | – | – |")
+def row(label, s, redis_rate=None):
+    l = s["latency_ms"]
+    ratio = f"{s['records_per_s']/redis_rate:.2f}" if redis_rate else "–"
+    print(f"| {label} | {s['records_per_s']/1e6:.2f} M | {s['mb_per_s']:.0f} | "
+          f"{l['p50']:.1f} / {l['p99']:.1f} / {l['max']:.1f} | – | – | {ratio} |")
+h = load("latency-half")
+row(f"100 B at half the max, {h['rate']:,.0f} records/s (open loop)", h)
+row("server on 1 core: 100 B, max rate (closed loop)", load("put-100-one"), redis(100)[0])
+h = load("latency-half-one")
+row(f"server on 1 core: 100 B at half its max, {h['rate']:,.0f} records/s (open loop)", h)
 print(f"\nPeak resident memory: spate server {int(peak_kb)/1024:.0f} MiB, Redis {int(redis_kb)/1024:.0f} MiB.")
 PY

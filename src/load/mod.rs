@@ -59,6 +59,13 @@ pub struct LoadOptions {
     pub verify: bool,
 }
 
+impl LoadOptions {
+    /// Worker threads that run: as asked, but at least one and no more than connections.
+    pub fn worker_threads(&self) -> usize {
+        self.workers.clamp(1, self.connections.max(1))
+    }
+}
+
 /// Counters shared by the workers and the progress printer.
 #[derive(Default)]
 pub struct Counters {
@@ -223,6 +230,24 @@ impl KeyChooser {
     }
 }
 
+/// An open-loop connection's schedule: its k-th request is due `(k + phase) * interval`
+/// after the start. Connections take phases spread evenly over one interval, so together
+/// they offer the rate asked for as a steady stream; with one phase for all, every
+/// connection sent at the same instant, and the server saw bursts of one request per
+/// connection at a quarter of the rate (4 connections) instead of the rate itself.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    interval: Duration,
+    phase: f64,
+}
+
+/// The place among all the load's connections of worker `worker`'s `c`-th: worker w
+/// holds connections w, w + workers, w + 2 workers, ... (the workers' counts differ by at
+/// most one, larger first, as `report::run` splits them).
+fn connection_index(worker: usize, c: usize, workers: usize) -> usize {
+    worker + c * workers
+}
+
 /// Runs one worker: `connections` connections on this thread's executor.
 pub async fn run_worker(
     options: LoadOptions,
@@ -233,10 +258,16 @@ pub async fn run_worker(
 ) -> Result<WorkerResult, String> {
     let payload = static_payload(options.record_bytes_max);
     let mut tasks = Vec::new();
-    let per_connection_rate = options
-        .rate
-        .map(|r| r / options.connections.max(1) as f64 / options.batch as f64);
+    let workers = options.worker_threads();
     for c in 0..connections {
+        let index = connection_index(worker, c, workers);
+        let pace = options.rate.map(|rate| {
+            let per_connection = rate / options.connections.max(1) as f64 / options.batch as f64;
+            Pace {
+                interval: Duration::from_secs_f64(1.0 / per_connection.max(1e-9)),
+                phase: index as f64 / options.connections.max(1) as f64,
+            }
+        });
         let sender = match options.protocol {
             LoadProtocol::Binary => Sender::Binary(std::rc::Rc::new(
                 Client::connect(options.target)
@@ -256,16 +287,7 @@ pub async fn run_worker(
         let payload = payload.clone();
         let seed = ((worker as u64) << 32) | c as u64;
         tasks.push(glommio::spawn_local(async move {
-            drive_connection(
-                sender,
-                options,
-                per_connection_rate,
-                counters,
-                payload,
-                seed,
-                start,
-            )
-            .await
+            drive_connection(sender, options, pace, counters, payload, seed, start).await
         }));
     }
     let mut merged = WorkerResult::empty();
@@ -540,7 +562,7 @@ pub fn new_histogram() -> Histogram<u64> {
 async fn drive_connection(
     sender: Sender,
     options: LoadOptions,
-    requests_per_s: Option<f64>,
+    pace: Option<Pace>,
     counters: Arc<Counters>,
     payload: Bytes,
     seed: u64,
@@ -553,12 +575,11 @@ async fn drive_connection(
     let mut chooser = KeyChooser::new(options.keys, options.zipf, seed);
     let stream: std::rc::Rc<str> = options.stream.as_str().into();
     let end = start + options.warmup + options.duration;
-    let interval = requests_per_s.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-9)));
     let mut k: u64 = 0;
     loop {
         let now = Instant::now();
-        let intended = match interval {
-            Some(interval) => start + interval.mul_f64(k as f64),
+        let intended = match pace {
+            Some(pace) => start + pace.interval.mul_f64(k as f64 + pace.phase),
             None => now,
         };
         if intended >= end || counters.stop.load(Ordering::Relaxed) {
@@ -572,7 +593,7 @@ async fn drive_connection(
             break;
         };
         // Closed loop: the clock starts when a slot frees, not at a schedule.
-        let intended = if interval.is_some() {
+        let intended = if pace.is_some() {
             intended
         } else {
             Instant::now()
@@ -687,4 +708,30 @@ async fn drive_connection(
     // Wait for the requests still in flight.
     let _ = slots.acquire(options.in_flight as u64).await;
     std::mem::replace(&mut *shared.borrow_mut(), WorkerResult::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However the connections are split over workers, each takes its own place among all
+    /// of them, so their open-loop phases spread evenly over one interval.
+    #[test]
+    fn connections_take_every_place_once_whatever_the_split() {
+        for connections in 1..=9 {
+            for workers in 1..=connections {
+                let mut places = Vec::new();
+                for worker in 0..workers {
+                    let held = connections / workers + usize::from(worker < connections % workers);
+                    places.extend((0..held).map(|c| connection_index(worker, c, workers)));
+                }
+                places.sort_unstable();
+                assert_eq!(
+                    places,
+                    (0..connections).collect::<Vec<_>>(),
+                    "{connections} over {workers}"
+                );
+            }
+        }
+    }
 }

@@ -218,7 +218,7 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
     counters
         .measuring
         .store(options.warmup.is_zero(), Ordering::Relaxed);
-    let workers = options.workers.clamp(1, options.connections.max(1));
+    let workers = options.worker_threads();
     let cpus: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|c| c.id).collect())
         .unwrap_or_default();
