@@ -64,6 +64,7 @@ stop_server
 start_server --cores 1
 load put-100-one --stream s100 --shards 4 --record-bytes 100
 load latency-half-one --stream s100 --record-bytes 100 --rate "$(half_of put-100-one)"
+one_core_peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
 stop_server
 
 echo "redis: XADD, appendonly everysec" >&2
@@ -79,9 +80,9 @@ for size in 100 1024; do
 done
 redis_peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$(redis-cli -p "$redis_port" info server | awk -F: '/process_id/ {print $2}' | tr -d '\r')/status")
 
-python3 - "$work" "$run_seconds" "$peak_kb" "$redis_peak_kb" "$connections" "$in_flight" <<'PY' | tee -a bench/RESULTS.md
+python3 - "$work" "$run_seconds" "$peak_kb" "$redis_peak_kb" "$connections" "$in_flight" "$one_core_peak_kb" <<'PY' | tee -a bench/RESULTS.md
 import csv, datetime, json, os, platform, subprocess, sys
-work, seconds, peak_kb, redis_kb, conns, inflight = sys.argv[1:7]
+work, seconds, peak_kb, redis_kb, conns, inflight, one_core_kb = sys.argv[1:8]
 def sh(cmd):
     return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
 def load(name):
@@ -116,5 +117,6 @@ row(f"100 B at half the max, {h['rate']:,.0f} records/s (open loop)", h)
 row("server on 1 core: 100 B, max rate (closed loop)", load("put-100-one"), redis(100)[0])
 h = load("latency-half-one")
 row(f"server on 1 core: 100 B at half its max, {h['rate']:,.0f} records/s (open loop)", h)
-print(f"\nPeak resident memory: spate server {int(peak_kb)/1024:.0f} MiB, Redis {int(redis_kb)/1024:.0f} MiB.")
+print(f"\nPeak resident memory: spate server {int(peak_kb)/1024:.0f} MiB (on 1 core: "
+      f"{int(one_core_kb)/1024:.0f} MiB), Redis {int(redis_kb)/1024:.0f} MiB.")
 PY
