@@ -291,7 +291,7 @@ const RENDERED_ARENA_MAX: usize = 8 << 20;
 
 /// The JSON of records a load sends again and again. Without `--verify` every record is a
 /// slice of the static payload of one of a fixed set of sizes, under one of a fixed set of
-/// keys, so each (key, size) pair is spelled `,{"Data":"<base64>","PartitionKey":"<key>"}`
+/// keys, so each (key, size) pair is spelled `{"Data":"<base64>","PartitionKey":"<key>"}`
 /// once and copied afterwards, as wrk copies its one body: the load generator shares the
 /// machine with the server, and every nanosecond it spends is one the server does not get.
 /// The spellings lie end to end in one arena, so that copying one is a single load from a
@@ -323,8 +323,6 @@ impl Rendered {
         out.begin_object()
             .str("StreamName", stream)
             .array("Records");
-        let mut body = out.into_bytes();
-        let records_start = body.len();
         match batch {
             Batch::Picked {
                 keys,
@@ -352,43 +350,37 @@ impl Rendered {
                         Some((cached, range)) if cached == pick => range.clone(),
                         _ => {
                             let start = self.arena.len();
-                            self.arena.push(b',');
+                            let mut spelled = Out::appending(std::mem::take(&mut self.arena));
                             record_json(
-                                &mut self.arena,
+                                &mut spelled,
                                 &payload[..pick.size as usize],
                                 &keys[pick.key as usize],
                             );
+                            self.arena = spelled.into_bytes();
                             *slot = Some((*pick, start..self.arena.len()));
                             start..self.arena.len()
                         }
                     };
-                    // Each spelling starts with its comma, which the first record drops.
-                    let start = range.start + usize::from(body.len() == records_start);
-                    body.extend_from_slice(&self.arena[start..range.end]);
+                    out.raw_item(&self.arena[range]);
                 }
             }
             Batch::Entries(entries) => {
                 for entry in entries {
-                    if body.len() > records_start {
-                        body.push(b',');
-                    }
-                    record_json(&mut body, &entry.data, &entry.partition_key);
+                    record_json(&mut out, &entry.data, &entry.partition_key);
                 }
             }
         }
-        body.extend_from_slice(b"]}");
-        body
+        out.end_array().end_object();
+        out.into_bytes()
     }
 }
 
-/// One record of a PutRecords body, appended to `to`.
-fn record_json(to: &mut Vec<u8>, data: &[u8], key: &[u8]) {
-    let mut out = Out::with_capacity(data.len() * 4 / 3 + key.len() + 40);
+/// One record of a PutRecords body, written by `out`.
+fn record_json(out: &mut Out, data: &[u8], key: &[u8]) {
     out.begin_object()
         .base64("Data", data)
         .str("PartitionKey", &String::from_utf8_lossy(key))
         .end_object();
-    to.extend_from_slice(&out.into_bytes());
 }
 
 #[cfg(test)]

@@ -199,6 +199,14 @@ impl Out {
         }
     }
 
+    /// A writer that appends to `buffer`, whatever it already holds.
+    pub fn appending(buffer: Vec<u8>) -> Out {
+        Out {
+            buffer,
+            first: Vec::new(),
+        }
+    }
+
     pub fn into_bytes(self) -> Vec<u8> {
         self.buffer
     }
