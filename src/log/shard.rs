@@ -148,6 +148,9 @@ pub struct ShardLog {
     /// The stream's retention, which can change while the log is open.
     retention_hours: Cell<u32>,
     state: RefCell<State>,
+    /// The newest background seal (see [`ShardLog::roll`]); each waits for the one before,
+    /// so awaiting this one waits for them all.
+    sealing: RefCell<Option<glommio::task::JoinHandle<()>>>,
 }
 
 struct State {
@@ -326,6 +329,7 @@ impl ShardLog {
             watchers: RefCell::new(Vec::new()),
             retention_hours: Cell::new(retention_hours),
             state: RefCell::new(state),
+            sealing: RefCell::new(None),
         }))
     }
 
@@ -644,11 +648,20 @@ impl ShardLog {
                     fsyncs,
                 });
             };
+            // The full segment's sync and the next segment's creation (a file and a
+            // directory sync) go to the disk together.
+            let sync_full = async {
+                if end > start {
+                    file.fdatasync().await.map_err(io_err("fdatasync", &path))?;
+                }
+                Ok::<(), IoError>(())
+            };
+            let (synced, rolled) = futures::join!(sync_full, self.roll(next.first_seq));
+            synced?;
+            rolled?;
             if end > start {
-                file.fdatasync().await.map_err(io_err("fdatasync", &path))?;
                 fsyncs += 1;
             }
-            self.roll(next.first_seq).await?;
             start = end;
         }
     }
@@ -695,6 +708,8 @@ impl ShardLog {
     }
 
     /// Seals the active segment and starts a new one whose first record is `first_seq`.
+    /// The new file is created and its directory entry synced before this returns; the old
+    /// segment's tidying ([`ShardLog::seal`]) runs in the background, off the commit.
     async fn roll(&self, first_seq: u64) -> Result<(), IoError> {
         let new_path = self.dir.join(segment::log_file_name(first_seq));
         let new_file = Rc::new(files::create_rw(&new_path).await?);
@@ -709,7 +724,7 @@ impl ShardLog {
             next_seq: first_seq,
             arrival_last_us: old.arrival_last_us,
         };
-        self.seal(&old, &summary).await;
+        self.seal(&old, &summary);
         self.state.borrow_mut().sealed.push_back(Sealed {
             first_seq: old.first_seq,
             summary,
@@ -719,16 +734,37 @@ impl ShardLog {
         Ok(())
     }
 
-    /// Trims a sealed segment's block padding and writes its index file. Both are only
-    /// tidiness (recovery copes without them), so failures are logged, not returned.
-    async fn seal(&self, old: &Active, summary: &SegmentSummary) {
+    /// Trims a sealed segment's block padding and writes its index file, in a background
+    /// task: both are only tidiness (recovery reads past zero padding and rebuilds a missing
+    /// index), so they need not hold up the commit that rolled, and failures are logged,
+    /// not returned. Retention and [`ShardLog::close`] wait for it ([`ShardLog::sealed`]).
+    fn seal(&self, old: &Active, summary: &SegmentSummary) {
         let log_path = self.dir.join(segment::log_file_name(old.first_seq));
-        if let Err(error) = files::truncate(&old.file, &log_path, old.bytes) {
-            tracing::warn!(path = %log_path.display(), %error, "could not trim sealed segment");
-        }
         let idx_path = self.dir.join(segment::index_file_name(old.first_seq));
-        if let Err(error) = files::write_atomic(&idx_path, &old.index.encode(summary)).await {
-            tracing::warn!(%error, "could not write segment index; it will be rebuilt on open");
+        let index = old.index.encode(summary);
+        let file = old.file.clone();
+        let bytes = old.bytes;
+        let before = self.sealing.borrow_mut().take();
+        let task = glommio::spawn_local(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            if let Err(error) = files::truncate(&file, &log_path, bytes) {
+                tracing::warn!(path = %log_path.display(), %error, "could not trim sealed segment");
+            }
+            if let Err(error) = files::write_atomic(&idx_path, &index).await {
+                tracing::warn!(%error, "could not write segment index; it will be rebuilt on open");
+            }
+        })
+        .detach();
+        *self.sealing.borrow_mut() = Some(task);
+    }
+
+    /// Waits until every segment sealed so far is trimmed and has its index file.
+    async fn sealed(&self) {
+        let task = self.sealing.borrow_mut().take();
+        if let Some(task) = task {
+            let _ = task.await;
         }
     }
 
@@ -949,6 +985,8 @@ impl ShardLog {
             let next_seq = self.state.borrow().next_seq;
             self.roll(next_seq).await?;
         }
+        // No seal may write an index file for a segment deleted here.
+        self.sealed().await;
         let mut deleted = 0;
         loop {
             let expired = {
@@ -1050,6 +1088,7 @@ impl ShardLog {
 
     /// Closes the shard's files. Call after the committer has flushed.
     pub async fn close(&self) {
+        self.sealed().await;
         let files: Vec<Rc<DmaFile>> = {
             let mut state = self.state.borrow_mut();
             let mut files: Vec<Rc<DmaFile>> = state
