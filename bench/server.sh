@@ -5,7 +5,9 @@
 # 1 KiB records in batches of 500 at the maximum rate (closed loop), then an open-loop
 # latency run at half the 100 B maximum; then the 100 B maximum and half-maximum again with
 # the server on one core (`serve --cores 1`), which leaves the other core to the load
-# generator. Reports the server's peak resident memory. Appends a section to
+# generator; then that half-maximum once more with acknowledgements before the sync (not
+# durable: the latency floor without waiting for the disk). Reports the server's CPU in
+# the half-maximum runs and its peak resident memory. Appends a section to
 # bench/RESULTS.md.
 #
 #   bench/server.sh                    # 10 s per scenario
@@ -48,12 +50,17 @@ half_of() { # load name -> half its records/s
 
 start_server
 
-load() { # name, extra args...
+server_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+load() { # name, extra args...; also writes the server's busy cores during the run to name.cpu
   local name=$1; shift
   echo "spate load: $name" >&2
+  local ticks_before started
+  ticks_before=$(server_ticks); started=$(date +%s.%N)
   "$spate" load --server "127.0.0.1:$port" --batch 500 --connections "$connections" \
       --in-flight "$in_flight" --duration "$run_seconds" --warmup 2 \
       --json "$work/$name.json" --hgrm "$work/$name.hgrm" "$@" >&2
+  python3 -c "import sys; print((int(sys.argv[1]) - int(sys.argv[2])) / $(getconf CLK_TCK) / (float(sys.argv[4]) - float(sys.argv[3])))" \
+      "$(server_ticks)" "$ticks_before" "$started" "$(date +%s.%N)" >"$work/$name.cpu"
 }
 load put-100 --stream s100 --shards 4 --record-bytes 100
 load put-1k --stream s1k --shards 4 --record-bytes 1024
@@ -65,6 +72,12 @@ start_server --cores 1
 load put-100-one --stream s100 --shards 4 --record-bytes 100
 load latency-half-one --stream s100 --record-bytes 100 --rate "$(half_of put-100-one)"
 one_core_peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
+stop_server
+
+printf '[commit]\nack_before_sync = true\n' >"$work/unsynced.toml"
+start_server --cores 1 --config "$work/unsynced.toml"
+load latency-half-one-unsynced --stream s100 --shards 4 --record-bytes 100 \
+    --rate "$(half_of put-100-one)"
 stop_server
 
 echo "redis: XADD, appendonly everysec" >&2
@@ -112,11 +125,19 @@ def row(label, s, redis_rate=None):
     ratio = f"{s['records_per_s']/redis_rate:.2f}" if redis_rate else "–"
     print(f"| {label} | {s['records_per_s']/1e6:.2f} M | {s['mb_per_s']:.0f} | "
           f"{l['p50']:.1f} / {l['p99']:.1f} / {l['max']:.1f} | – | – | {ratio} |")
+def busy(name):
+    with open(f"{work}/{name}.cpu") as f:
+        return float(f.read())
 h = load("latency-half")
 row(f"100 B at half the max, {h['rate']:,.0f} records/s (open loop)", h)
 row("server on 1 core: 100 B, max rate (closed loop)", load("put-100-one"), redis(100)[0])
 h = load("latency-half-one")
 row(f"server on 1 core: 100 B at half its max, {h['rate']:,.0f} records/s (open loop)", h)
+row("server on 1 core, the same rate, acknowledged before the sync (not durable)",
+    load("latency-half-one-unsynced"))
+print(f"\nServer CPU at half the max (cores busy, its kernel threads for io_uring included): "
+      f"{busy('latency-half'):.2f} of 2; on 1 core {busy('latency-half-one'):.2f}, "
+      f"{busy('latency-half-one-unsynced'):.2f} when acknowledging before the sync.")
 print(f"\nPeak resident memory: spate server {int(peak_kb)/1024:.0f} MiB (on 1 core: "
       f"{int(one_core_kb)/1024:.0f} MiB), Redis {int(redis_kb)/1024:.0f} MiB.")
 PY
