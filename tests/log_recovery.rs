@@ -363,5 +363,21 @@ fn retention_deletes_whole_expired_segments_and_moves_the_trim_horizon() {
         let (committer, log) = open(&path, tiny_config()).await;
         assert_eq!((log.trim_horizon(), log.next_seq()), (160, 161));
         close(committer, log).await;
+        // Segments are sealed in the background; retention waits for that, so no index
+        // file outlives its segment (the last pass sealed and deleted one at once).
+        for entry in std::fs::read_dir(&path).expect("list") {
+            let name = entry
+                .expect("entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8");
+            if let Some(stem) = name.strip_suffix(".idx") {
+                let log_name = format!("{stem}.log");
+                assert!(
+                    path.join(&log_name).exists(),
+                    "{name} outlived its segment {log_name}"
+                );
+            }
+        }
     });
 }
