@@ -648,20 +648,13 @@ impl ShardLog {
                     fsyncs,
                 });
             };
-            // The full segment's sync and the next segment's creation (a file and a
-            // directory sync) go to the disk together.
-            let sync_full = async {
-                if end > start {
-                    file.fdatasync().await.map_err(io_err("fdatasync", &path))?;
-                }
-                Ok::<(), IoError>(())
-            };
-            let (synced, rolled) = futures::join!(sync_full, self.roll(next.first_seq));
-            synced?;
-            rolled?;
+            // The full segment is durable before the next one exists: recovery may then
+            // trust every segment but the last to be whole.
             if end > start {
+                file.fdatasync().await.map_err(io_err("fdatasync", &path))?;
                 fsyncs += 1;
             }
+            self.roll(next.first_seq).await?;
             start = end;
         }
     }
