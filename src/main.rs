@@ -121,8 +121,8 @@ enum Command {
     /// With --rate the load is open loop: each request has an intended send time and its
     /// latency counts from then, so server stalls are not hidden (coordinated omission
     /// corrected); the connections' send times are spread evenly, so the server sees a
-    /// steady rate, not bursts. Without it, the load is closed loop at the maximum rate. Writes a JSON
-    /// summary and an .hgrm percentile distribution.
+    /// steady rate, not bursts. Without it, the load is closed loop at the maximum rate.
+    /// Writes a JSON summary and an .hgrm percentile distribution.
     Load {
         /// `binary` (spate's protocol, --server), `kinesis` (PutRecords over HTTP to
         /// --server, which is then the Kinesis API address, e.g. 127.0.0.1:4567) or `nats`

@@ -256,7 +256,8 @@ pub async fn run_worker(
     counters: Arc<Counters>,
     start: Instant,
 ) -> Result<WorkerResult, String> {
-    let payload = static_payload(options.record_bytes_max);
+    // Stamped records are at least STAMP_BYTES long, whatever the sizes asked for.
+    let payload = static_payload(options.record_bytes_max.max(STAMP_BYTES));
     let mut tasks = Vec::new();
     let workers = options.worker_threads();
     for c in 0..connections {
@@ -558,6 +559,36 @@ pub fn new_histogram() -> Histogram<u64> {
     crate::metrics::histogram()
 }
 
+/// The records of `batch` with payloads of their own: each starts with the producer id, its
+/// counter (from `counter` on) and the time, for a verifying load to check. They are
+/// written into one buffer per request and sliced from it.
+fn stamp(batch: Batch, producer: u32, counter: &mut u64) -> Batch {
+    let entries = batch.into_entries();
+    let mut stamped = bytes::BytesMut::with_capacity(entries.iter().map(|e| e.data.len()).sum());
+    for entry in &entries {
+        stamped.extend_from_slice(&producer.to_le_bytes());
+        stamped.extend_from_slice(&counter.to_le_bytes());
+        stamped.extend_from_slice(&crate::tools::now_us().to_le_bytes());
+        stamped.extend_from_slice(&entry.data[..entry.data.len() - STAMP_BYTES]);
+        *counter += 1;
+    }
+    let stamped = stamped.freeze();
+    let mut at = 0;
+    Batch::Entries(
+        entries
+            .into_iter()
+            .map(|entry| {
+                let size = entry.data.len();
+                at += size;
+                PutEntry {
+                    data: stamped.slice(at - size..at),
+                    ..entry
+                }
+            })
+            .collect(),
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive_connection(
     sender: Sender,
@@ -600,52 +631,27 @@ async fn drive_connection(
         };
         let mut bytes = 0u64;
         let first_counter = counter;
+        let mut picks = Vec::with_capacity(options.batch);
+        for _ in 0..options.batch {
+            let mut size = chooser.size(options.record_bytes_min, options.record_bytes_max);
+            if options.verify {
+                size = size.max(STAMP_BYTES);
+            }
+            bytes += size as u64;
+            picks.push(Pick {
+                key: chooser.index() as u32,
+                size: size as u32,
+            });
+        }
+        let batch = Batch::Picked {
+            keys: chooser.keys().clone(),
+            payload: payload.clone(),
+            picks,
+        };
         let batch = if options.verify {
-            // Stamped records are written into one buffer per request and sliced from it.
-            let mut stamped = bytes::BytesMut::new();
-            let mut picks = Vec::with_capacity(options.batch);
-            for _ in 0..options.batch {
-                let size = chooser
-                    .size(options.record_bytes_min, options.record_bytes_max)
-                    .max(STAMP_BYTES);
-                bytes += size as u64;
-                picks.push((chooser.key(), size));
-                stamped.extend_from_slice(&producer.to_le_bytes());
-                stamped.extend_from_slice(&counter.to_le_bytes());
-                stamped.extend_from_slice(&crate::tools::now_us().to_le_bytes());
-                stamped.extend_from_slice(&payload[..size - STAMP_BYTES]);
-                counter += 1;
-            }
-            let stamped = stamped.freeze();
-            let mut at = 0;
-            Batch::Entries(
-                picks
-                    .into_iter()
-                    .map(|(partition_key, size)| {
-                        at += size;
-                        PutEntry {
-                            partition_key,
-                            data: stamped.slice(at - size..at),
-                            explicit_hash_key: None,
-                        }
-                    })
-                    .collect(),
-            )
+            stamp(batch, producer, &mut counter)
         } else {
-            let mut picks = Vec::with_capacity(options.batch);
-            for _ in 0..options.batch {
-                let size = chooser.size(options.record_bytes_min, options.record_bytes_max);
-                bytes += size as u64;
-                picks.push(Pick {
-                    key: chooser.index() as u32,
-                    size: size as u32,
-                });
-            }
-            Batch::Picked {
-                keys: chooser.keys().clone(),
-                payload: payload.clone(),
-                picks,
-            }
+            batch
         };
         let verify = options.verify;
         let sender = sender.clone();
