@@ -134,6 +134,9 @@ pub enum ReadError {
     },
 }
 
+/// A background seal's task, awaitable by every caller that must wait for it.
+type Sealing = futures::future::Shared<glommio::task::JoinHandle<()>>;
+
 /// One shard's log. Create with [`ShardLog::open`]; share as `Rc` on the owner core.
 pub struct ShardLog {
     dir: PathBuf,
@@ -149,8 +152,8 @@ pub struct ShardLog {
     retention_hours: Cell<u32>,
     state: RefCell<State>,
     /// The newest background seal (see [`ShardLog::roll`]); each waits for the one before,
-    /// so awaiting this one waits for them all.
-    sealing: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// so awaiting this one waits for them all. Shared, so any number of callers can.
+    sealing: RefCell<Option<Sealing>>,
 }
 
 struct State {
@@ -737,7 +740,7 @@ impl ShardLog {
         let index = old.index.encode(summary);
         let file = old.file.clone();
         let bytes = old.bytes;
-        let before = self.sealing.borrow_mut().take();
+        let before = self.sealing.borrow().clone();
         let task = glommio::spawn_local(async move {
             if let Some(before) = before {
                 let _ = before.await;
@@ -750,12 +753,13 @@ impl ShardLog {
             }
         })
         .detach();
+        let task = futures::FutureExt::shared(task);
         *self.sealing.borrow_mut() = Some(task);
     }
 
     /// Waits until every segment sealed so far is trimmed and has its index file.
     async fn sealed(&self) {
-        let task = self.sealing.borrow_mut().take();
+        let task = self.sealing.borrow().clone();
         if let Some(task) = task {
             let _ = task.await;
         }
