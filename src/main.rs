@@ -171,6 +171,14 @@ enum Command {
         /// record missing or duplicated, or out of order per partition key (binary protocol).
         #[arg(long)]
         verify: bool,
+        /// Binary protocol: `owner` sends each record straight to the server core that
+        /// owns its shard, as a Kafka producer sends to each partition's leader (each
+        /// connection is then one connection per owner core, and a request's records are
+        /// split between them; its latency runs until every part is answered); `server`
+        /// sends whole requests to whichever core the server placed the connection on,
+        /// which hands records over to their shards' cores.
+        #[arg(long, default_value = "owner")]
+        route: String,
         /// Where to write the JSON summary.
         #[arg(long, default_value = "load-summary.json")]
         json: PathBuf,
@@ -474,6 +482,7 @@ fn main() -> ExitCode {
             warmup,
             workers,
             verify,
+            route,
             json,
             hgrm,
             server,
@@ -495,6 +504,11 @@ fn main() -> ExitCode {
                     return Err(format!("--protocol `{other}`: use binary, kinesis or nats"));
                 }
             };
+            let route = match route.as_str() {
+                "owner" => spate::load::Route::Owner,
+                "server" => spate::load::Route::Server,
+                other => return Err(format!("--route `{other}`: use owner or server")),
+            };
             let options = spate::load::LoadOptions {
                 protocol,
                 target,
@@ -512,6 +526,7 @@ fn main() -> ExitCode {
                 warmup: std::time::Duration::from_secs(warmup),
                 workers,
                 verify,
+                route,
             };
             if verify && protocol != spate::load::LoadProtocol::Binary {
                 return Err("--verify reads the stream back through the binary protocol; use --protocol binary".into());
@@ -614,6 +629,7 @@ fn plan(command: PlanCommand) -> Result<(), String> {
                 warmup: std::time::Duration::from_secs(1),
                 workers: 1,
                 verify: false,
+                route: spate::load::Route::Owner,
             };
             let ramp = spate::load::plan::ramp(&base, start_rate, factor, p99_ms, steps)?;
             print!(

@@ -28,6 +28,9 @@ fn load_creates_its_stream_puts_and_reports_what_the_server_stored() {
             "50..150",
         ])
         .args(["--batch", "100", "--connections", "2", "--in-flight", "4"])
+        // Whole requests to whichever core holds the connection (the verify test below
+        // sends each record to its shard's owner core, the default).
+        .args(["--route", "server"])
         .args([
             "--rate",
             "20000",
@@ -195,9 +198,10 @@ fn verify_reads_everything_back_and_catches_duplicates() {
     let dir = temp_dir();
     let server = Server::start(dir.path());
     let out = temp_dir();
-    let run_verify = || {
+    let run_verify = |route: &str| {
         Command::new(env!("CARGO_BIN_EXE_spate"))
             .args(["load", "--verify", "--stream", "checked", "--shards", "3"])
+            .args(["--route", route])
             .args([
                 "--record-bytes",
                 "10..60",
@@ -215,7 +219,7 @@ fn verify_reads_everything_back_and_catches_duplicates() {
             .output()
             .expect("run spate load")
     };
-    let first = run_verify();
+    let first = run_verify("owner");
     let report = String::from_utf8_lossy(&first.stdout);
     assert!(
         first.status.success(),
@@ -237,11 +241,71 @@ fn verify_reads_everything_back_and_catches_duplicates() {
         report.contains(&format!("put → readable (ms, {acknowledged} records seen")),
         "{report}"
     );
-    // A second run stamps the same producers and counters again: the check must see the
-    // first run's records as duplicates and fail.
-    let second = run_verify();
+    // A second run (routed by the server this time) stamps the same producers and
+    // counters again: the check must read the stream back, see the first run's records as
+    // duplicates and fail.
+    let second = run_verify("server");
     let report = String::from_utf8_lossy(&second.stdout);
     assert!(!second.status.success(), "{report}");
+    assert!(report.contains("duplicated "), "{report}");
     assert!(!report.contains("duplicated 0,"), "{report}");
+    server.stop();
+}
+
+/// Cross-core hand-overs the server has timed so far, from /metrics.
+fn handovers(http: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(http).expect("connect");
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    socket.read_to_string(&mut text).expect("read");
+    spate::tools::stats::parse(&text)
+        .into_iter()
+        .find(|(k, _)| k == "spate_latency_seconds_count{op=\"handover\",core=\"all\"}")
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no handover count in {text}"))
+}
+
+#[test]
+fn routed_by_owner_the_puts_take_no_cross_core_hand_over() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let http = server.endpoint.trim_start_matches("http://").to_string();
+    let out = temp_dir();
+    let load = |route: &str| {
+        let before = handovers(&http);
+        let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args([
+                "load", "--stream", "routed", "--shards", "4", "--route", route,
+            ])
+            .args(["--batch", "100", "--connections", "2", "--rate", "20000"])
+            .args(["--duration", "1", "--warmup", "0", "--server"])
+            .arg(server.addr.to_string())
+            .arg("--json")
+            .arg(out.path().join("summary.json"))
+            .arg("--hgrm")
+            .arg(out.path().join("latency.hgrm"))
+            .output()
+            .expect("run spate load");
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "{stderr}");
+        (handovers(&http) - before, stderr)
+    };
+    // About 200 requests of 100 records, each for all four shards, two on each core.
+    let (by_server, _) = load("server");
+    let (by_owner, stderr) = load("owner");
+    assert!(
+        stderr.contains("to its owner core (cores [0, 1])"),
+        "{stderr}"
+    );
+    eprintln!("hand-overs: {by_server} routed by the server, {by_owner} by owner");
+    // Left for the owner-routed run: its set-up (the stream's description, each
+    // connection's move to its core) and the metrics scrapes.
+    assert!(
+        by_server > 100.0 && by_owner < 20.0,
+        "hand-overs: {by_server} routed by the server, {by_owner} by owner"
+    );
     server.stop();
 }

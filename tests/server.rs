@@ -14,7 +14,7 @@ use spate::catalog::{hash_key, hash_ranges};
 use spate::client::{Client, ClientError};
 use spate::log::StartPosition;
 use spate::protocol::binary::{
-    self, FrameHeader, HEADER_BYTES, Op, PutEntry, Request, Status, VERSION,
+    self, FrameHeader, HEADER_BYTES, Op, PutEntry, Request, Response, Status, VERSION,
 };
 
 /// Reads every record of every shard: (shard, seq) -> (key, data).
@@ -703,4 +703,112 @@ fn wait_for_connections(http: &mut std::net::TcpStream, total: usize) {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(counts.iter().sum::<usize>(), total, "{counts:?}");
+}
+
+/// Sends `frame` on a raw connection and reads one frame back.
+fn ask(socket: &mut std::net::TcpStream, frame: &[u8]) -> (FrameHeader, Vec<u8>) {
+    socket.write_all(frame).expect("write");
+    read_frame(socket).expect("an answer")
+}
+
+fn attach_frame(core: u16, id: u64) -> Vec<u8> {
+    let mut frame = BytesMut::new();
+    Request::Attach { core }.encode(id, &mut frame);
+    frame.to_vec()
+}
+
+fn list_frame(id: u64) -> Vec<u8> {
+    let mut frame = BytesMut::new();
+    Request::ListStreams.encode(id, &mut frame);
+    frame.to_vec()
+}
+
+#[test]
+fn an_attach_moves_its_connection_to_the_core_it_names() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let timeout = Some(Duration::from_secs(10));
+    let mut http =
+        std::net::TcpStream::connect(server.endpoint.trim_start_matches("http://")).expect("http");
+    http.set_read_timeout(timeout).expect("timeout");
+    let connect = || {
+        let socket = std::net::TcpStream::connect(server.addr).expect("connect");
+        socket.set_read_timeout(timeout).expect("timeout");
+        socket
+    };
+    // Six connections asking for core 1 all end up there, whichever core took them (the
+    // server would have spread them three and three), and are served there.
+    let mut held = Vec::new();
+    for id in 1..=6u64 {
+        let mut socket = connect();
+        let (header, body) = ask(&mut socket, &attach_frame(1, id));
+        assert_eq!((header.request_id, header.status), (id, 0));
+        assert_eq!(
+            Response::decode(Op::Attach, Bytes::from(body)),
+            Ok(Response::Attached { core: 1, cores: 2 })
+        );
+        let (header, _) = ask(&mut socket, &list_frame(id + 100));
+        assert_eq!((header.request_id, header.status), (id + 100, 0));
+        held.push(socket);
+    }
+    wait_for_connections(&mut http, 7);
+    let counts = connections_per_core(&mut http);
+    assert!(counts[1] >= 6, "six attached to core 1: {counts:?}");
+
+    // A core the server does not run: refused, and the connection stays open where it is.
+    let mut socket = connect();
+    let (header, body) = ask(&mut socket, &attach_frame(7, 1));
+    assert_eq!(header.status, Status::InvalidArgument as u16);
+    assert!(String::from_utf8_lossy(&body).contains("no core 7"));
+    let (header, _) = ask(&mut socket, &list_frame(2));
+    assert_eq!((header.request_id, header.status), (2, 0));
+    // Only a connection's first request may attach.
+    let (header, body) = ask(&mut socket, &attach_frame(0, 3));
+    assert_eq!(header.status, Status::InvalidArgument as u16);
+    assert!(String::from_utf8_lossy(&body).contains("first request"));
+    let (header, _) = ask(&mut socket, &list_frame(4)); // still served
+    assert_eq!((header.request_id, header.status), (4, 0));
+
+    // Bytes sent behind an Attach before its answer would be lost in the move: refused,
+    // and the connection closes.
+    let mut socket = connect();
+    let mut both = attach_frame(1, 1);
+    both.extend_from_slice(&list_frame(2));
+    let (header, _) = ask(&mut socket, &both);
+    assert_eq!(
+        (header.request_id, header.status),
+        (1, Status::Malformed as u16)
+    );
+    assert!(is_closed(&mut socket));
+
+    // The Rust client's attached connections put and read like any other, whichever
+    // core owns the records' shards.
+    let addr = server.addr;
+    run(move || async move {
+        let client = Client::connect_to_core(addr, 0)
+            .await
+            .expect("attach to core 0");
+        client.create_stream("attached", 4).await.expect("create");
+        let records: Vec<_> = (0..200u64)
+            .map(|i| entry(&format!("k{i}"), payload(i, 20)))
+            .collect();
+        let other = Client::connect_to_core(addr, 1)
+            .await
+            .expect("attach to core 1");
+        for client in [&client, &other] {
+            let results = client
+                .put_records("attached", records.clone())
+                .await
+                .expect("put");
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+        }
+        assert_eq!(read_all(&client, "attached").await.len(), 400);
+        match Client::connect_to_core(addr, 2).await {
+            Err(ClientError::Server(error)) => assert_eq!(error.status, Status::InvalidArgument),
+            Err(other) => panic!("expected InvalidArgument, got {other}"),
+            Ok(_) => panic!("attached to a core the server does not run"),
+        }
+    });
+    drop(held);
+    server.stop();
 }

@@ -223,6 +223,20 @@ impl Client {
         }
     }
 
+    /// Connects to `addr` and moves the connection to server core `core` (the
+    /// protocol's Attach), so puts for shards that core owns take no cross-core hand-over.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when the connection fails; the server's error when it cannot
+    /// serve the connection on that core (no such core, or it is full).
+    pub async fn connect_to_core(addr: SocketAddr, core: u16) -> Result<Client, ClientError> {
+        let client = Client::connect(addr).await?;
+        match client.call(&Request::Attach { core }).await? {
+            Response::Attached { core: served, .. } if served == core => Ok(client),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// A stream's shards, owners and positions.
     ///
     /// # Errors

@@ -34,6 +34,20 @@ pub enum LoadProtocol {
     Nats,
 }
 
+/// Which server core a binary-protocol load sends each record to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To the core that owns the record's shard, as a Kafka producer sends to each
+    /// partition's leader: every load connection is one connection per owner core (each
+    /// attached to its core), and each request's records are split by the owner of their
+    /// key's shard, found from the stream's description when the load starts. A request's
+    /// latency is until all its parts are acknowledged.
+    Owner,
+    /// Whichever core the server placed the connection on, which hands records of shards
+    /// it does not own over to their cores.
+    Server,
+}
+
 /// What `spate load` was asked to do.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -57,6 +71,8 @@ pub struct LoadOptions {
     /// Stamp each record with its producer and a counter, remember what was acknowledged,
     /// and read the stream back at the end (see [`verify`]).
     pub verify: bool,
+    /// Binary protocol only: see [`Route`].
+    pub route: Route,
 }
 
 impl LoadOptions {
@@ -159,6 +175,36 @@ fn static_keys(count: usize) -> Vec<Bytes> {
         .collect()
 }
 
+/// The owner core of each of the load's `count` keys (those [`KeyChooser::new`] draws
+/// from): the core of the open shard whose hash range holds the key's MD5.
+///
+/// # Errors
+/// A key no open shard holds (the description is of a stream mid-reshard).
+pub fn key_owners(
+    description: &crate::protocol::binary::StreamDescription,
+    count: usize,
+) -> Result<Arc<[u16]>, String> {
+    let keys = static_keys(count.max(1));
+    let mut hashes = Vec::with_capacity(keys.len());
+    crate::catalog::md5x8::hash_keys(&keys, &mut hashes);
+    hashes
+        .iter()
+        .map(|&hash| {
+            description
+                .shards
+                .iter()
+                .find(|s| s.end_seq.is_none() && s.hash_start <= hash && hash <= s.hash_end)
+                .map(|s| s.owner_core)
+                .ok_or_else(|| {
+                    format!(
+                        "no open shard of stream {} holds hash key {hash}",
+                        description.name
+                    )
+                })
+        })
+        .collect()
+}
+
 /// A source of partition keys: uniform, or Zipf-distributed over `keys` keys.
 pub struct KeyChooser {
     keys: std::rc::Rc<[Bytes]>,
@@ -249,10 +295,12 @@ fn connection_index(worker: usize, c: usize, workers: usize) -> usize {
 }
 
 /// Runs one worker: `connections` connections on this thread's executor.
+/// `owners`: the owner core of each of the load's keys, when it routes by owner.
 pub async fn run_worker(
     options: LoadOptions,
     worker: usize,
     connections: usize,
+    owners: Option<Arc<[u16]>>,
     counters: Arc<Counters>,
     start: Instant,
 ) -> Result<WorkerResult, String> {
@@ -270,6 +318,26 @@ pub async fn run_worker(
             }
         });
         let sender = match options.protocol {
+            LoadProtocol::Binary if owners.is_some() => {
+                let owners = owners.clone().unwrap_or_else(|| Arc::from(Vec::new()));
+                let cores = owners.iter().map(|&core| usize::from(core) + 1).max();
+                let mut clients = Vec::new();
+                for core in 0..cores.unwrap_or(0) {
+                    let client = if owners.contains(&(core as u16)) {
+                        let client = Client::connect_to_core(options.target, core as u16)
+                            .await
+                            .map_err(|e| format!("connecting to server core {core}: {e}"))?;
+                        Some(std::rc::Rc::new(client))
+                    } else {
+                        None
+                    };
+                    clients.push(client);
+                }
+                Sender::Owners {
+                    clients: clients.into(),
+                    owners,
+                }
+            }
             LoadProtocol::Binary => Sender::Binary(std::rc::Rc::new(
                 Client::connect(options.target)
                     .await
@@ -309,17 +377,53 @@ pub async fn run_worker(
 #[derive(Clone)]
 enum Sender {
     Binary(std::rc::Rc<Client>),
+    /// A connection per server core (`None` for cores that own none of the stream's open
+    /// shards), and the core of each key (see [`Route::Owner`]).
+    Owners {
+        clients: std::rc::Rc<[Option<std::rc::Rc<Client>>]>,
+        owners: Arc<[u16]>,
+    },
     Kinesis(std::rc::Rc<kinesis::Pool>),
     Nats(std::rc::Rc<nats::Connection>),
 }
 
 impl Sender {
-    async fn put(&self, stream: &str, batch: Batch) -> Result<Acks, ClientError> {
+    /// The picks of one request, in parts that each go to one connection: the core of each
+    /// pick's key when routing by owner (a key's picks keep their order), else one part.
+    fn split(&self, picks: Vec<Pick>) -> Vec<(usize, Vec<Pick>)> {
+        let Sender::Owners { clients, owners } = self else {
+            return vec![(0, picks)];
+        };
+        let mut parts: Vec<Vec<Pick>> = vec![Vec::new(); clients.len()];
+        for pick in picks {
+            let core = owners.get(pick.key as usize).map_or(0, |&c| usize::from(c));
+            if let Some(part) = parts.get_mut(core) {
+                part.push(pick);
+            }
+        }
+        parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, part)| !part.is_empty())
+            .collect()
+    }
+
+    /// Puts `batch` through connection `part` (from [`Sender::split`]).
+    async fn put(&self, part: usize, stream: &str, batch: Batch) -> Result<Acks, ClientError> {
         match self {
             Sender::Binary(client) => client
                 .put_records(stream, batch.into_entries())
                 .await
                 .map(Acks::from_results),
+            Sender::Owners { clients, .. } => match clients.get(part) {
+                Some(Some(client)) => client
+                    .put_records(stream, batch.into_entries())
+                    .await
+                    .map(Acks::from_results),
+                _ => Err(ClientError::Protocol(format!(
+                    "no connection to server core {part}"
+                ))),
+            },
             Sender::Kinesis(pool) => pool.put_records(stream, &batch).await,
             Sender::Nats(connection) => connection
                 .put_records(stream, batch.into_entries())
@@ -630,7 +734,6 @@ async fn drive_connection(
             Instant::now()
         };
         let mut bytes = 0u64;
-        let first_counter = counter;
         let mut picks = Vec::with_capacity(options.batch);
         for _ in 0..options.batch {
             let mut size = chooser.size(options.record_bytes_min, options.record_bytes_max);
@@ -643,68 +746,86 @@ async fn drive_connection(
                 size: size as u32,
             });
         }
-        let batch = Batch::Picked {
-            keys: chooser.keys().clone(),
-            payload: payload.clone(),
-            picks,
-        };
-        let batch = if options.verify {
-            stamp(batch, producer, &mut counter)
-        } else {
-            batch
-        };
+        let mut parts = Vec::new();
+        for (part, picks) in sender.split(picks) {
+            let first_counter = counter;
+            let batch = Batch::Picked {
+                keys: chooser.keys().clone(),
+                payload: payload.clone(),
+                picks,
+            };
+            let batch = if options.verify {
+                stamp(batch, producer, &mut counter)
+            } else {
+                batch
+            };
+            parts.push((part, first_counter, batch));
+        }
         let verify = options.verify;
         let sender = sender.clone();
         let shared = shared.clone();
         let counters = counters.clone();
         let stream = stream.clone();
         glommio::spawn_local(async move {
-            let result = sender.put(&stream, batch).await;
+            let puts = parts.into_iter().map(|(part, first_counter, batch)| {
+                let (sender, stream) = (&sender, &stream);
+                async move { (first_counter, sender.put(part, stream, batch).await) }
+            });
+            let results = futures::future::join_all(puts).await;
+            // A request's latency runs until its last part is answered.
             let latency_us = u64::try_from(intended.elapsed().as_micros())
                 .unwrap_or(u64::MAX)
                 .max(1);
             let measuring = counters.measuring.load(Ordering::Relaxed);
             let mut shared = shared.borrow_mut();
-            match result {
-                Ok(acks) => {
-                    if verify {
-                        let mut failures = acks.failures.iter().map(|(i, _)| *i).peekable();
-                        for i in 0..acks.records {
-                            if failures.next_if_eq(&i).is_none() {
-                                shared.acked.push((producer, first_counter + i as u64));
+            let (mut ok, mut failed, mut errors) = (0u64, 0u64, 0u64);
+            for (first_counter, result) in results {
+                match result {
+                    Ok(acks) => {
+                        if verify {
+                            let mut failures = acks.failures.iter().map(|(i, _)| *i).peekable();
+                            for i in 0..acks.records {
+                                if failures.next_if_eq(&i).is_none() {
+                                    shared.acked.push((producer, first_counter + i as u64));
+                                }
                             }
                         }
+                        failed += acks.failures.len() as u64;
+                        ok += (acks.records - acks.failures.len()) as u64;
+                        if shared.first_error.is_none()
+                            && let Some((_, error)) = acks.failures.into_iter().next()
+                        {
+                            shared.first_error = Some(error.to_string());
+                        }
                     }
-                    let failed = acks.failures.len() as u64;
-                    let ok = acks.records as u64 - failed;
-                    if measuring {
-                        let _ = shared.histogram.record(latency_us);
-                        shared.records += ok;
-                        shared.bytes += bytes;
-                        shared.requests += 1;
-                        counters.records.fetch_add(ok, Ordering::Relaxed);
-                        counters.bytes.fetch_add(bytes, Ordering::Relaxed);
-                        counters.requests.fetch_add(1, Ordering::Relaxed);
-                        counters
-                            .rejected_records
-                            .fetch_add(failed, Ordering::Relaxed);
-                    }
-                    if shared.first_error.is_none()
-                        && let Some((_, error)) = acks.failures.into_iter().next()
-                    {
-                        shared.first_error = Some(error.to_string());
+                    Err(error) => {
+                        errors += 1;
+                        if matches!(&error, ClientError::Server(e) if e.status == Status::LimitExceeded)
+                        {
+                            counters.throttled.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if shared.first_error.is_none() {
+                            shared.first_error = Some(error.to_string());
+                        }
                     }
                 }
-                Err(error) => {
-                    shared.errors += 1;
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                    if matches!(&error, ClientError::Server(e) if e.status == Status::LimitExceeded)
-                    {
-                        counters.throttled.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if shared.first_error.is_none() {
-                        shared.first_error = Some(error.to_string());
-                    }
+            }
+            shared.errors += errors;
+            counters.errors.fetch_add(errors, Ordering::Relaxed);
+            if measuring {
+                shared.records += ok;
+                counters.records.fetch_add(ok, Ordering::Relaxed);
+                counters
+                    .rejected_records
+                    .fetch_add(failed, Ordering::Relaxed);
+                // A request and its latency count when every part was answered (its
+                // records accepted or refused one by one).
+                if errors == 0 {
+                    let _ = shared.histogram.record(latency_us);
+                    shared.bytes += bytes;
+                    shared.requests += 1;
+                    counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    counters.requests.fetch_add(1, Ordering::Relaxed);
                 }
             }
             drop(permit);

@@ -110,7 +110,7 @@ impl LoadReport {
     fn json_fields(&self, options: &LoadOptions) -> String {
         format!(
             concat!(
-                "{{\"mode\":\"{}\",\"protocol\":\"{:?}\",\"target\":\"{}\",\"stream\":\"{}\",\"record_bytes_min\":{},",
+                "{{\"mode\":\"{}\",\"protocol\":\"{:?}\",\"route\":\"{}\",\"target\":\"{}\",\"stream\":\"{}\",\"record_bytes_min\":{},",
                 "\"record_bytes_max\":{},\"batch\":{},\"connections\":{},\"in_flight\":{},",
                 "\"rate\":{},\"seconds\":{:.3},\"records\":{},\"bytes\":{},\"requests\":{},",
                 "\"errors\":{},\"rejected_records\":{},\"records_per_s\":{:.1},\"mb_per_s\":{:.3},",
@@ -119,6 +119,13 @@ impl LoadReport {
             ),
             self.mode,
             options.protocol,
+            if options.protocol == crate::load::LoadProtocol::Binary
+                && options.route == crate::load::Route::Owner
+            {
+                "owner"
+            } else {
+                "server"
+            },
             options.target,
             options.stream,
             options.record_bytes_min,
@@ -196,7 +203,20 @@ impl LoadReport {
 /// # Errors
 /// When the server cannot be reached or the stream cannot be created.
 pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
-    ensure_stream(&options)?;
+    let description = ensure_stream(&options)?;
+    let owners = match description {
+        Some(description) if options.route == crate::load::Route::Owner => {
+            let owners = crate::load::key_owners(&description, options.keys)?;
+            let mut cores: Vec<u16> = owners.to_vec();
+            cores.sort_unstable();
+            cores.dedup();
+            eprintln!(
+                "load: each connection sends each shard's records to its owner core (cores {cores:?})"
+            );
+            Some(owners)
+        }
+        _ => None,
+    };
     // A verifying load also follows the stream live, for put → readable latency.
     let tail_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tail = if options.verify {
@@ -229,6 +249,7 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
             options.connections / workers + usize::from(worker < options.connections % workers);
         let options = options.clone();
         let counters = counters.clone();
+        let owners = owners.clone();
         // Workers take cores from the last one down, away from the server's first cores.
         let cpu = cpus
             .len()
@@ -239,7 +260,8 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
         let handle = builder
             .spawn(move || async move {
                 let tick = crate::runtime::spawn_wake_tick(None);
-                let result = run_worker(options, worker, connections, counters, start).await;
+                let result =
+                    run_worker(options, worker, connections, owners, counters, start).await;
                 tick.set(true);
                 result
             })
@@ -290,7 +312,10 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
     Ok(report)
 }
 
-fn ensure_stream(options: &LoadOptions) -> Result<(), String> {
+/// Creates the stream when missing; for the binary protocol, its description.
+fn ensure_stream(
+    options: &LoadOptions,
+) -> Result<Option<crate::protocol::binary::StreamDescription>, String> {
     let target = options.target;
     let stream = options.stream.clone();
     let shards = options.shards;
@@ -299,14 +324,16 @@ fn ensure_stream(options: &LoadOptions) -> Result<(), String> {
             let connection = crate::load::nats::Connection::connect(target, u64::MAX).await?;
             connection.ensure_stream(&stream).await
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .map(|()| None);
     }
     if options.protocol == crate::load::LoadProtocol::Kinesis {
         return crate::runtime::run_on_executor("load-setup", move || async move {
             let pool = crate::load::kinesis::Pool::connect(target, 1).await?;
             pool.ensure_stream(&stream, shards).await
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .map(|()| None);
     }
     crate::runtime::run_on_executor("load-setup", move || async move {
         let client = Client::connect(target).await.map_err(|e| e.to_string())?;
@@ -316,7 +343,7 @@ fn ensure_stream(options: &LoadOptions) -> Result<(), String> {
                     "load: stream {stream} has {} shard(s)",
                     description.shards.len()
                 );
-                Ok(())
+                Ok(Some(description))
             }
             Err(ClientError::Server(e)) if e.status == Status::StreamNotFound => {
                 client
@@ -324,7 +351,11 @@ fn ensure_stream(options: &LoadOptions) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())?;
                 eprintln!("load: created stream {stream} with {shards} shard(s)");
-                Ok(())
+                let description = client
+                    .describe_stream(&stream)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(description))
             }
             Err(error) => Err(error.to_string()),
         }

@@ -138,7 +138,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, port: Port) {
         tracing::debug!(core = core.id, peer = ?stream.peer_addr().ok(), "accepted a connection");
         let target = core.place_connection();
         if target == core.id {
-            serve_here(core.clone(), stream, port);
+            serve_here(core.clone(), stream, port, None);
         } else {
             hand_over(&core, stream, port, target);
         }
@@ -146,11 +146,12 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, port: Port) {
 }
 
 /// Serves a connection on this core, on a task of its own, counted until it ends.
-fn serve_here(core: Rc<Core>, stream: TcpStream, port: Port) {
+/// `attached`: the id of the Attach request that moved the connection here, to answer.
+fn serve_here(core: Rc<Core>, stream: TcpStream, port: Port, attached: Option<u64>) {
     glommio::spawn_local(async move {
         let stopping = core.stopping.clone();
         match port {
-            Port::Binary => serve_binary(core.clone(), stream, stopping).await,
+            Port::Binary => serve_binary(core.clone(), stream, stopping, attached).await,
             Port::Http => http::serve(core.clone(), stream, stopping).await,
         }
         core.connection_closed();
@@ -158,34 +159,60 @@ fn serve_here(core: Rc<Core>, stream: TcpStream, port: Port) {
     .detach();
 }
 
-/// Serves a connection another core accepted and placed here.
-pub fn adopt(core: Rc<Core>, socket: OwnedFd, port: Port) {
+/// Serves a connection another core accepted and placed here, or that asked to move
+/// here (`attached`).
+pub fn adopt(core: Rc<Core>, socket: OwnedFd, port: Port, attached: Option<u64>) {
     // SAFETY: the descriptor is a connected TCP socket whose only owner was `socket`.
     let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-    serve_here(core, stream, port);
+    serve_here(core, stream, port, attached);
 }
 
-/// Sends a just-accepted connection to core `target`, which serves it. glommio's stream
-/// does not give up its descriptor, so a duplicate travels and the original is closed
-/// here, which leaves the connection open. If the duplicate cannot be made the
-/// connection is served here after all; if the target has stopped, it is closed.
-fn hand_over(core: &Rc<Core>, stream: TcpStream, port: Port, target: usize) {
-    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the stream owns and keeps open for the call.
-    let duplicate = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+/// A new descriptor for the socket `fd`, which glommio's stream does not give up: the
+/// duplicate travels to another core and the original is closed here, which leaves the
+/// connection open.
+fn duplicate(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller keeps open for the call.
+    let duplicate = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
     if duplicate < 0 {
-        let error = std::io::Error::last_os_error();
-        tracing::warn!(core = core.id, %error, "could not hand a connection over; serving it here");
-        core.placement_failed(target);
-        core.place_here();
-        serve_here(core.clone(), stream, port);
-        return;
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `duplicate` is a new descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(duplicate) };
-    drop(stream);
+    Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
+}
+
+/// Sends a just-accepted connection to core `target`, which serves it. If the duplicate
+/// descriptor cannot be made the connection is served here after all.
+fn hand_over(core: &Rc<Core>, stream: TcpStream, port: Port, target: usize) {
+    match duplicate(stream.as_raw_fd()) {
+        Ok(socket) => {
+            drop(stream);
+            send_to_core(core, socket, port, target, None);
+        }
+        Err(error) => {
+            tracing::warn!(core = core.id, %error, "could not hand a connection over; serving it here");
+            core.placement_failed(target);
+            core.place_here();
+            serve_here(core.clone(), stream, port, None);
+        }
+    }
+}
+
+/// Has core `target`, where the connection is already counted, serve `socket`; if the
+/// target has stopped, the connection is closed.
+fn send_to_core(
+    core: &Rc<Core>,
+    socket: OwnedFd,
+    port: Port,
+    target: usize,
+    attached: Option<u64>,
+) {
     let core = core.clone();
     glommio::spawn_local(async move {
-        let request = CoreRequest::Adopt { socket, port };
+        let request = CoreRequest::Adopt {
+            socket,
+            port,
+            attached,
+        };
         if !matches!(core.call(target, request).await, CoreReply::Applied(Ok(()))) {
             tracing::debug!(
                 core = core.id,
@@ -199,18 +226,90 @@ fn hand_over(core: &Rc<Core>, stream: TcpStream, port: Port, target: usize) {
 }
 
 /// Serves one binary-protocol connection, logging why it ended.
-pub async fn serve_binary(core: Rc<Core>, stream: TcpStream, stopping: Rc<Cell<bool>>) {
-    if let Err(reason) = serve_connection(&core, stream, stopping).await {
+pub async fn serve_binary(
+    core: Rc<Core>,
+    stream: TcpStream,
+    stopping: Rc<Cell<bool>>,
+    attached: Option<u64>,
+) {
+    if let Err(reason) = serve_connection(&core, stream, stopping, attached).await {
         tracing::debug!(core = core.id, %reason, "connection closed");
     }
 }
 
+/// What to do with a connection's first frame when it is an Attach.
+enum Attaching {
+    /// Move the connection to this core and answer request `id` there.
+    Move { target: usize, id: u64 },
+    /// Answer here with this frame; close the connection after it if `close`.
+    Answer { frame: Bytes, close: bool },
+}
+
+/// Decides a connection's first frame, an Attach (see the protocol's table): `rest` is
+/// whether bytes followed it, which the move would lose.
+fn attach(core: &Core, header: &FrameHeader, frame: Bytes, rest: bool) -> Attaching {
+    let id = header.request_id;
+    let answer = |result: Result<Response, WireError>, close: bool| {
+        let mut out = BytesMut::new();
+        match result {
+            Ok(response) => response.encode(Op::Attach, id, &mut out),
+            Err(error) => binary::encode_error(Op::Attach as u8, id, &error, &mut out),
+        }
+        Attaching::Answer {
+            frame: out.freeze(),
+            close,
+        }
+    };
+    let cores = core.cores;
+    let target = match Request::decode(header.kind, frame.slice(HEADER_BYTES..)) {
+        Ok(Request::Attach { core }) => usize::from(core),
+        Ok(other) => {
+            let message = format!("{:?} decoded from an Attach frame", other.op());
+            return answer(Err(WireError::new(Status::Internal, message)), false);
+        }
+        Err(error) => {
+            return answer(
+                Err(WireError::new(error.status(), error.to_string())),
+                false,
+            );
+        }
+    };
+    if rest {
+        let message = "bytes followed an Attach before its answer; the connection closes";
+        return answer(Err(WireError::new(Status::Malformed, message)), true);
+    }
+    if target >= cores {
+        let message = format!(
+            "no core {target}: the server runs {cores} (0 to {})",
+            cores - 1
+        );
+        return answer(Err(WireError::new(Status::InvalidArgument, message)), false);
+    }
+    if target == core.id {
+        let attached = Response::Attached {
+            core: target as u16,
+            cores: cores as u16,
+        };
+        return answer(Ok(attached), false);
+    }
+    if !core.place_on(target) {
+        let message = format!(
+            "core {target} is at its connection limit; served on core {}",
+            core.id
+        );
+        return answer(Err(WireError::new(Status::LimitExceeded, message)), false);
+    }
+    Attaching::Move { target, id }
+}
+
 /// Serves one connection until the peer closes it, it sends a frame that cannot be
-/// trusted, or the server stops.
+/// trusted, the server stops, or an Attach moves it to another core. `attached`: the id
+/// of the Attach that moved it here, answered first.
 async fn serve_connection(
     core: &Rc<Core>,
     stream: TcpStream,
     stopping: Rc<Cell<bool>>,
+    attached: Option<u64>,
 ) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     // Stays open while either half lives, that is for the whole function.
@@ -220,17 +319,22 @@ async fn serve_connection(
     let (out, frames) = local_channel::new_bounded::<Bytes>(in_flight + 1);
     let out = Rc::new(out);
     let closed = Rc::new(Cell::new(false));
-    let writer_closed = closed.clone();
-    let writer_task = glommio::spawn_local(async move {
-        let mut writer = writer;
-        while let Some(frame) = frames.recv().await {
-            if writer.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        writer_closed.set(true);
-        let _ = writer.close().await;
-    });
+    // The writer starts with the first frame, unless that is an Attach that moves the
+    // connection, halves and all, to another core.
+    let mut unstarted = Some((writer, frames));
+    let mut writer_task = None;
+    if let Some(id) = attached {
+        writer_task = unstarted
+            .take()
+            .map(|(writer, frames)| spawn_writer(writer, frames, closed.clone()));
+        let attached = Response::Attached {
+            core: core.id as u16,
+            cores: core.cores as u16,
+        };
+        let mut frame = BytesMut::new();
+        attached.encode(Op::Attach, id, &mut frame);
+        let _ = out.send(frame.freeze()).await;
+    }
     let permits = Rc::new(Semaphore::new(in_flight as u64));
     let frame_max = core.config.net.frame_bytes_max;
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -240,7 +344,42 @@ async fn serve_connection(
             break Ok(());
         }
         // Frames already buffered are served before reading more.
-        match next_frame(&mut buffer, frame_max) {
+        let next = next_frame(&mut buffer, frame_max);
+        if !matches!(next, Ok(None))
+            && let Some((writer, frames)) = unstarted.take()
+        {
+            if let Ok(Some((header, frame))) = &next
+                && header.kind == Op::Attach as u8
+            {
+                match attach(core, header, frame.clone(), !buffer.is_empty()) {
+                    Attaching::Move { target, id } => match duplicate(fd) {
+                        Ok(socket) => {
+                            drop((reader, writer));
+                            send_to_core(core, socket, Port::Binary, target, Some(id));
+                            return Ok(());
+                        }
+                        Err(error) => {
+                            core.placement_failed(target);
+                            writer_task = Some(spawn_writer(writer, frames, closed.clone()));
+                            let message = format!("could not move the connection: {error}");
+                            let error = WireError::new(Status::Internal, message);
+                            send_error(&out, Op::Attach as u8, id, error).await;
+                            continue;
+                        }
+                    },
+                    Attaching::Answer { frame, close } => {
+                        writer_task = Some(spawn_writer(writer, frames, closed.clone()));
+                        let _ = out.send(frame).await;
+                        if close {
+                            break Err("bytes followed an Attach".into());
+                        }
+                        continue;
+                    }
+                }
+            }
+            writer_task = Some(spawn_writer(writer, frames, closed.clone()));
+        }
+        match next {
             Ok(Some((header, frame))) => {
                 let permit = permits
                     .clone()
@@ -291,8 +430,28 @@ async fn serve_connection(
     drop(out);
     // Let requests in flight finish and their responses go out before closing.
     let _ = permits.acquire(in_flight as u64).await;
-    let _ = writer_task.await;
+    if let Some(writer_task) = writer_task {
+        let _ = writer_task.await;
+    }
     result
+}
+
+/// Writes a connection's response frames in the order they come until the channel closes
+/// or a write fails, then marks the connection `closed` and closes its write side.
+fn spawn_writer(
+    mut writer: futures::io::WriteHalf<TcpStream>,
+    frames: local_channel::LocalReceiver<Bytes>,
+    closed: Rc<Cell<bool>>,
+) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        while let Some(frame) = frames.recv().await {
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        closed.set(true);
+        let _ = writer.close().await;
+    })
 }
 
 /// Splits the next whole frame off `buffer`; `Ok(None)` when more bytes are needed.

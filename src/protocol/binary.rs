@@ -63,6 +63,15 @@
 //! ListLeases  0x0B  stream str | app str (empty: every application)
 //!   response        count u32 | count × (app str | shard u32 | owner str (empty: none) |
 //!                   counter u64 | checkpoint)
+//! Attach      0x0C  core u16    → core u16 | cores u16 (the core serving the connection
+//!                   now, and how many the server runs)
+//!                   valid only as a connection's first request, with nothing sent after
+//!                   it until its answer: the connection moves to that core, so a client
+//!                   that sends each shard's records to its owner core (Describe names it)
+//!                   saves the server a cross-core hand-over per request. A core out of
+//!                   range is `InvalidArgument`, a full one `LimitExceeded`; the
+//!                   connection then stays where it is. Anything sent before the answer
+//!                   is `Malformed` and closes the connection.
 //! lease             shard u32 | counter u64 | checkpoint | end sequence u64 (u64::MAX: open)
 //! checkpoint        kind u8 (0 none, 1 after sequence, 2 shard end) | sequence u64
 //! records body      next sequence u64 | millis behind latest u64 | count u32 |
@@ -74,7 +83,9 @@
 //! stays open: its frame boundary was sound.
 //!
 //! Version history: 1 — first version. 2 — Reshard; Describe lists closed shards with
-//! their lineage and end; Heartbeat, Checkpoint and ListLeases for consumer applications.
+//! their lineage and end; Heartbeat, Checkpoint and ListLeases for consumer applications;
+//! later Attach (servers before it answer `UnknownOperation`, and the connection stays
+//! open where it is).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
@@ -108,6 +119,7 @@ pub enum Op {
     Heartbeat = 0x09,
     Checkpoint = 0x0A,
     ListLeases = 0x0B,
+    Attach = 0x0C,
 }
 
 impl Op {
@@ -124,6 +136,7 @@ impl Op {
             0x09 => Op::Heartbeat,
             0x0A => Op::Checkpoint,
             0x0B => Op::ListLeases,
+            0x0C => Op::Attach,
             _ => return None,
         })
     }
@@ -485,6 +498,10 @@ pub enum Request {
         stream: String,
         app: String,
     },
+    /// Move the connection to this core (see the module's table).
+    Attach {
+        core: u16,
+    },
 }
 
 /// Where a consumer application is in a shard.
@@ -535,6 +552,7 @@ impl Request {
             Request::Heartbeat { .. } => Op::Heartbeat,
             Request::Checkpoint { .. } => Op::Checkpoint,
             Request::ListLeases { .. } => Op::ListLeases,
+            Request::Attach { .. } => Op::Attach,
         }
     }
 
@@ -649,6 +667,9 @@ impl Request {
                 stream: r.str("stream")?,
                 app: r.str("application")?,
             },
+            Op::Attach => Request::Attach {
+                core: r.u16("core")?,
+            },
         };
         r.finish()?;
         Ok(request)
@@ -762,6 +783,7 @@ impl Request {
                 put_str(out, stream);
                 put_str(out, app);
             }
+            Request::Attach { core } => out.put_u16_le(*core),
         }
         end_frame(out, start);
     }
@@ -813,6 +835,11 @@ pub enum Response {
     Stream(StreamDescription),
     Leases(Vec<LeaseInfo>),
     LeaseRows(Vec<LeaseRow>),
+    /// The core now serving the connection, and the server's core count.
+    Attached {
+        core: u16,
+        cores: u16,
+    },
 }
 
 impl Response {
@@ -845,6 +872,10 @@ impl Response {
             }
             Response::Records(body) => encode_records(body, out),
             Response::Empty => {}
+            Response::Attached { core, cores } => {
+                out.put_u16_le(*core);
+                out.put_u16_le(*cores);
+            }
             Response::Streams(names) => {
                 out.put_u32_le(names.len() as u32);
                 for name in names {
@@ -914,6 +945,10 @@ impl Response {
                 Response::Put(results)
             }
             Op::GetRecords => Response::Records(decode_records(&mut r)?),
+            Op::Attach => Response::Attached {
+                core: r.u16("core")?,
+                cores: r.u16("cores")?,
+            },
             Op::CreateStream | Op::DeleteStream | Op::Subscribe | Op::Reshard | Op::Checkpoint => {
                 Response::Empty
             }
@@ -1297,6 +1332,7 @@ mod tests {
                 counter: 3,
                 checkpoint: Checkpoint::After(77),
             },
+            Request::Attach { core: 1 },
             Request::ListLeases {
                 stream: "s".into(),
                 app: String::new(),
@@ -1423,6 +1459,7 @@ mod tests {
                 }),
             ),
             (Op::CreateStream, Response::Empty),
+            (Op::Attach, Response::Attached { core: 1, cores: 2 }),
         ];
         for (op, response) in responses {
             let mut out = BytesMut::new();

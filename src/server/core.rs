@@ -113,9 +113,15 @@ pub enum CoreRequest {
         catalog: Catalog,
         deleted: Vec<StreamMeta>,
     },
-    /// Serve a connection another core accepted (see [`Core::place_connection`]). The
-    /// socket closes if the message is dropped undelivered.
-    Adopt { socket: OwnedFd, port: Port },
+    /// Serve a connection another core accepted (see [`Core::place_connection`]), or
+    /// one that asked to move here with the binary protocol's Attach (`attached`: the
+    /// request id to answer first). The socket closes if the message is dropped
+    /// undelivered.
+    Adopt {
+        socket: OwnedFd,
+        port: Port,
+        attached: Option<u64>,
+    },
 }
 
 /// Which listener a connection came in on, so the core that serves it speaks its protocol.
@@ -271,6 +277,18 @@ impl Core {
         };
         self.loads[target].fetch_add(1, Ordering::Relaxed);
         target
+    }
+
+    /// Counts a connection that asked to be served on core `target`, if that core is
+    /// under its connection limit; false if it is at it.
+    pub fn place_on(&self, target: usize) -> bool {
+        let limit = self.config.net.connections_per_core_max;
+        self.loads.get(target).is_some_and(|load| {
+            load.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+        })
     }
 
     /// Counts a connection on this core that [`Core::place_connection`] had placed
@@ -539,8 +557,12 @@ impl Core {
             CoreRequest::Snapshot { catalog, deleted } => {
                 CoreReply::Applied(self.apply_snapshot(catalog, deleted).await)
             }
-            CoreRequest::Adopt { socket, port } => {
-                crate::net::adopt(self.clone(), socket, port);
+            CoreRequest::Adopt {
+                socket,
+                port,
+                attached,
+            } => {
+                crate::net::adopt(self.clone(), socket, port, attached);
                 CoreReply::Applied(Ok(()))
             }
             CoreRequest::Fence {

@@ -105,6 +105,10 @@ pub async fn handle(core: &Rc<Core>, request: Request) -> Result<Response, WireE
             Status::Internal,
             "subscriptions are served by the connection",
         )),
+        Request::Attach { .. } => Err(WireError::new(
+            Status::InvalidArgument,
+            "Attach must be a connection's first request",
+        )),
     }
 }
 
