@@ -3,7 +3,9 @@
 # `spate load` on the same machine, beside Redis Streams (XADD, appendonly with
 # appendfsync everysec) driven by redis-benchmark in the same run. Scenarios: 100 B and
 # 1 KiB records in batches of 500 at the maximum rate (closed loop), then an open-loop
-# latency run at half the 100 B maximum; then the 100 B maximum and half-maximum again with
+# latency run at half the 100 B maximum (records sent to their shard's owner core, the
+# load's default, then once more routed by the server core that holds the connection,
+# which hands records over between cores); then the 100 B maximum and half-maximum again with
 # the server on one core (`serve --cores 1`), which leaves the other core to the load
 # generator; then that half-maximum once more with acknowledgements before the sync (not
 # durable: the latency floor without waiting for the disk). Reports the server's CPU in
@@ -65,6 +67,8 @@ load() { # name, extra args...; also writes the server's busy cores during the r
 load put-100 --stream s100 --shards 4 --record-bytes 100
 load put-1k --stream s1k --shards 4 --record-bytes 1024
 load latency-half --stream s100 --record-bytes 100 --rate "$(half_of put-100)"
+load latency-half-server-routed --stream s100 --record-bytes 100 --rate "$(half_of put-100)" \
+    --route server
 peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
 stop_server
 
@@ -110,7 +114,7 @@ cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
 print(f"\n## Server, binary protocol puts — {datetime.date.today()}\n")
 print(f"- command: `bench/server.sh` (RUN_SECONDS={seconds}); commit {commit}")
 print(f"- machine: {os.cpu_count()} cores, {cpu}, kernel {platform.release()}; server and load generator share it")
-print(f"- spate: `spate load --batch 500 --connections {conns} --in-flight {inflight}`; durable: acknowledged after fdatasync")
+print(f"- spate: `spate load --batch 500 --connections {conns} --in-flight {inflight}` (each record sent to its shard's owner core unless the row says otherwise); durable: acknowledged after fdatasync")
 print(f"- peer: Redis Streams {sh('redis-server --version').split()[2][2:]}, `redis-benchmark -c {conns} -P 500 XADD`, "
       "appendonly yes, appendfsync everysec: acknowledged before fsync, can lose about 1 s of writes on power loss\n")
 print("| scenario | spate records/s | spate MB/s | spate p50 / p99 / max (ms) | Redis records/s | Redis p99 (ms) | spate / Redis |")
@@ -130,13 +134,15 @@ def busy(name):
         return float(f.read())
 h = load("latency-half")
 row(f"100 B at half the max, {h['rate']:,.0f} records/s (open loop)", h)
+row("the same, routed by the server (`--route server`: cross-core hand-overs)",
+    load("latency-half-server-routed"))
 row("server on 1 core: 100 B, max rate (closed loop)", load("put-100-one"), redis(100)[0])
 h = load("latency-half-one")
 row(f"server on 1 core: 100 B at half its max, {h['rate']:,.0f} records/s (open loop)", h)
 row("server on 1 core, the same rate, acknowledged before the sync (not durable)",
     load("latency-half-one-unsynced"))
 print(f"\nServer CPU at half the max (cores busy, its kernel threads for io_uring included): "
-      f"{busy('latency-half'):.2f} of 2; on 1 core {busy('latency-half-one'):.2f}, "
+      f"{busy('latency-half'):.2f} of 2 ({busy('latency-half-server-routed'):.2f} routed by the server); on 1 core {busy('latency-half-one'):.2f}, "
       f"{busy('latency-half-one-unsynced'):.2f} when acknowledging before the sync.")
 print(f"\nPeak resident memory: spate server {int(peak_kb)/1024:.0f} MiB (on 1 core: "
       f"{int(one_core_kb)/1024:.0f} MiB), Redis {int(redis_kb)/1024:.0f} MiB.")
