@@ -1,5 +1,6 @@
 //! Step 1 of the data path: sockets. Each core accepts on its own SO_REUSEPORT listener,
-//! places each connection on the core with the fewest (see [`Core::place_connection`]),
+//! places each connection on the core with the fewest (see [`Core::place_connection`]) or,
+//! when a binary connection's first request is an Attach, moves it to the core it names,
 //! and runs the connections placed on it: reading frames into one buffer per connection
 //! (record payloads are slices of it from here to the log), serving up to the in-flight
 //! limit of requests concurrently, and writing responses in the order they finish. A
