@@ -769,17 +769,25 @@ fn an_attach_moves_its_connection_to_the_core_it_names() {
     let (header, _) = ask(&mut socket, &list_frame(4)); // still served
     assert_eq!((header.request_id, header.status), (4, 0));
 
-    // Bytes sent behind an Attach before its answer would be lost in the move: refused,
-    // and the connection closes.
+    // Requests sent right behind an Attach, before its answer, move with the connection
+    // and are served on the new core, after the Attach is answered.
     let mut socket = connect();
     let mut both = attach_frame(1, 1);
     both.extend_from_slice(&list_frame(2));
-    let (header, _) = ask(&mut socket, &both);
+    socket.write_all(&both).expect("write");
+    let (first, _) = read_frame(&mut socket).expect("the Attach's answer");
+    let (second, _) = read_frame(&mut socket).expect("the list's answer");
     assert_eq!(
-        (header.request_id, header.status),
-        (1, Status::Malformed as u16)
+        [
+            (first.request_id, first.status),
+            (second.request_id, second.status)
+        ],
+        [(1, 0), (2, 0)]
     );
-    assert!(is_closed(&mut socket));
+    held.push(socket);
+    wait_for_connections(&mut http, 9);
+    let counts = connections_per_core(&mut http);
+    assert!(counts[1] >= 7, "seven attached to core 1: {counts:?}");
 
     // The Rust client's attached connections put and read like any other, whichever
     // core owns the records' shards.

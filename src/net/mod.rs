@@ -146,9 +146,17 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener, port: Port) {
     }
 }
 
+/// A binary connection an Attach moved to another core: the request to answer there, and
+/// the bytes read after it on the core it left, to serve next.
+#[derive(Debug)]
+pub struct Attached {
+    pub request_id: u64,
+    pub buffered: BytesMut,
+}
+
 /// Serves a connection on this core, on a task of its own, counted until it ends.
-/// `attached`: the id of the Attach request that moved the connection here, to answer.
-fn serve_here(core: Rc<Core>, stream: TcpStream, port: Port, attached: Option<u64>) {
+/// `attached`: set when an Attach moved the connection here.
+fn serve_here(core: Rc<Core>, stream: TcpStream, port: Port, attached: Option<Attached>) {
     glommio::spawn_local(async move {
         let stopping = core.stopping.clone();
         match port {
@@ -162,7 +170,7 @@ fn serve_here(core: Rc<Core>, stream: TcpStream, port: Port, attached: Option<u6
 
 /// Serves a connection another core accepted and placed here, or that asked to move
 /// here (`attached`).
-pub fn adopt(core: Rc<Core>, socket: OwnedFd, port: Port, attached: Option<u64>) {
+pub fn adopt(core: Rc<Core>, socket: OwnedFd, port: Port, attached: Option<Attached>) {
     // SAFETY: the descriptor is a connected TCP socket whose only owner was `socket`.
     let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
     serve_here(core, stream, port, attached);
@@ -205,7 +213,7 @@ fn send_to_core(
     socket: OwnedFd,
     port: Port,
     target: usize,
-    attached: Option<u64>,
+    attached: Option<Attached>,
 ) {
     let core = core.clone();
     glommio::spawn_local(async move {
@@ -231,7 +239,7 @@ pub async fn serve_binary(
     core: Rc<Core>,
     stream: TcpStream,
     stopping: Rc<Cell<bool>>,
-    attached: Option<u64>,
+    attached: Option<Attached>,
 ) {
     if let Err(reason) = serve_connection(&core, stream, stopping, attached).await {
         tracing::debug!(core = core.id, %reason, "connection closed");
@@ -242,75 +250,64 @@ pub async fn serve_binary(
 enum Attaching {
     /// Move the connection to this core and answer request `id` there.
     Move { target: usize, id: u64 },
-    /// Answer here with this frame; close the connection after it if `close`.
-    Answer { frame: Bytes, close: bool },
+    /// Answer here with this frame.
+    Answer(Bytes),
 }
 
-/// Decides a connection's first frame, an Attach (see the protocol's table): `rest` is
-/// whether bytes followed it, which the move would lose.
-fn attach(core: &Core, header: &FrameHeader, frame: Bytes, rest: bool) -> Attaching {
+/// Decides a connection's first frame, an Attach (see the protocol's table).
+fn attach(core: &Core, header: &FrameHeader, frame: Bytes) -> Attaching {
     let id = header.request_id;
-    let answer = |result: Result<Response, WireError>, close: bool| {
+    let answer = |result: Result<Response, WireError>| {
         let mut out = BytesMut::new();
         match result {
             Ok(response) => response.encode(Op::Attach, id, &mut out),
             Err(error) => binary::encode_error(Op::Attach as u8, id, &error, &mut out),
         }
-        Attaching::Answer {
-            frame: out.freeze(),
-            close,
-        }
+        Attaching::Answer(out.freeze())
     };
     let cores = core.cores;
     let target = match Request::decode(header.kind, frame.slice(HEADER_BYTES..)) {
         Ok(Request::Attach { core }) => usize::from(core),
         Ok(other) => {
             let message = format!("{:?} decoded from an Attach frame", other.op());
-            return answer(Err(WireError::new(Status::Internal, message)), false);
+            return answer(Err(WireError::new(Status::Internal, message)));
         }
         Err(error) => {
-            return answer(
-                Err(WireError::new(error.status(), error.to_string())),
-                false,
-            );
+            return answer(Err(WireError::new(error.status(), error.to_string())));
         }
     };
-    if rest {
-        let message = "bytes followed an Attach before its answer; the connection closes";
-        return answer(Err(WireError::new(Status::Malformed, message)), true);
-    }
     if target >= cores {
         let message = format!(
             "no core {target}: the server runs {cores} (0 to {})",
             cores - 1
         );
-        return answer(Err(WireError::new(Status::InvalidArgument, message)), false);
+        return answer(Err(WireError::new(Status::InvalidArgument, message)));
     }
     if target == core.id {
         let attached = Response::Attached {
             core: target as u16,
             cores: cores as u16,
         };
-        return answer(Ok(attached), false);
+        return answer(Ok(attached));
     }
     if !core.place_on(target) {
         let message = format!(
             "core {target} is at its connection limit; served on core {}",
             core.id
         );
-        return answer(Err(WireError::new(Status::LimitExceeded, message)), false);
+        return answer(Err(WireError::new(Status::LimitExceeded, message)));
     }
     Attaching::Move { target, id }
 }
 
 /// Serves one connection until the peer closes it, it sends a frame that cannot be
-/// trusted, the server stops, or an Attach moves it to another core. `attached`: the id
-/// of the Attach that moved it here, answered first.
+/// trusted, the server stops, or an Attach moves it to another core. `attached`: set
+/// when an Attach moved it here; answered first, then its buffered bytes served.
 async fn serve_connection(
     core: &Rc<Core>,
     stream: TcpStream,
     stopping: Rc<Cell<bool>>,
-    attached: Option<u64>,
+    attached: Option<Attached>,
 ) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     // Stays open while either half lives, that is for the whole function.
@@ -324,21 +321,22 @@ async fn serve_connection(
     // connection, halves and all, to another core.
     let mut unstarted = Some((writer, frames));
     let mut writer_task = None;
-    if let Some(id) = attached {
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    if let Some(attached) = attached {
         writer_task = unstarted
             .take()
             .map(|(writer, frames)| spawn_writer(writer, frames, closed.clone()));
-        let attached = Response::Attached {
+        let answer = Response::Attached {
             core: core.id as u16,
             cores: core.cores as u16,
         };
         let mut frame = BytesMut::new();
-        attached.encode(Op::Attach, id, &mut frame);
+        answer.encode(Op::Attach, attached.request_id, &mut frame);
         let _ = out.send(frame.freeze()).await;
+        buffer.extend_from_slice(&attached.buffered);
     }
     let permits = Rc::new(Semaphore::new(in_flight as u64));
     let frame_max = core.config.net.frame_bytes_max;
-    let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let result = loop {
         if stopping.get() || closed.get() {
@@ -352,11 +350,16 @@ async fn serve_connection(
             if let Ok(Some((header, frame))) = &next
                 && header.kind == Op::Attach as u8
             {
-                match attach(core, header, frame.clone(), !buffer.is_empty()) {
+                match attach(core, header, frame.clone()) {
                     Attaching::Move { target, id } => match duplicate(fd) {
                         Ok(socket) => {
                             drop((reader, writer));
-                            send_to_core(core, socket, Port::Binary, target, Some(id));
+                            // Requests the client sent behind the Attach go with it.
+                            let attached = Attached {
+                                request_id: id,
+                                buffered: std::mem::take(&mut buffer),
+                            };
+                            send_to_core(core, socket, Port::Binary, target, Some(attached));
                             return Ok(());
                         }
                         Err(error) => {
@@ -368,12 +371,9 @@ async fn serve_connection(
                             continue;
                         }
                     },
-                    Attaching::Answer { frame, close } => {
+                    Attaching::Answer(frame) => {
                         writer_task = Some(spawn_writer(writer, frames, closed.clone()));
                         let _ = out.send(frame).await;
-                        if close {
-                            break Err("bytes followed an Attach".into());
-                        }
                         continue;
                     }
                 }

@@ -65,13 +65,13 @@
 //!                   counter u64 | checkpoint)
 //! Attach      0x0C  core u16    → core u16 | cores u16 (the core serving the connection
 //!                   now, and how many the server runs)
-//!                   valid only as a connection's first request, with nothing sent after
-//!                   it until its answer: the connection moves to that core, so a client
-//!                   that sends each shard's records to its owner core (Describe names it)
-//!                   saves the server a cross-core hand-over per request. A core out of
-//!                   range is `InvalidArgument`, a full one `LimitExceeded`; the
-//!                   connection then stays where it is. Anything sent before the answer
-//!                   is `Malformed` and closes the connection.
+//!                   as a connection's first request, moves the connection to that
+//!                   core, so a client that sends each shard's records to its owner core
+//!                   (Describe names it) saves the server a cross-core hand-over per
+//!                   request. Requests sent behind it are served there, after its answer.
+//!                   A core out of range is `InvalidArgument`, a full one
+//!                   `LimitExceeded`; the connection then stays where it is. As a later
+//!                   request, `InvalidArgument`.
 //! lease             shard u32 | counter u64 | checkpoint | end sequence u64 (u64::MAX: open)
 //! checkpoint        kind u8 (0 none, 1 after sequence, 2 shard end) | sequence u64
 //! records body      next sequence u64 | millis behind latest u64 | count u32 |

@@ -115,12 +115,12 @@ pub enum CoreRequest {
     },
     /// Serve a connection another core accepted (see [`Core::place_connection`]), or
     /// one that asked to move here with the binary protocol's Attach (`attached`: the
-    /// request id to answer first). The socket closes if the message is dropped
-    /// undelivered.
+    /// request to answer first and the bytes read behind it). The socket closes if the
+    /// message is dropped undelivered.
     Adopt {
         socket: OwnedFd,
         port: Port,
-        attached: Option<u64>,
+        attached: Option<crate::net::Attached>,
     },
 }
 
