@@ -579,12 +579,17 @@ fn the_producer_batches_single_records_and_answers_each() {
         let results = futures::future::join_all(sends).await;
         let stored = read_all(&client, "batched").await;
         assert_eq!(stored.len(), 1_234);
+        let mut last: HashMap<usize, u64> = HashMap::new();
         for (i, result) in results.into_iter().enumerate() {
             let (shard, seq) = result.expect("answered").expect("accepted");
             assert_eq!(
                 stored[&(shard, seq)].1.as_ref(),
                 payload(i as u64, 40).as_slice()
             );
+            // Each key's records are stored in the order they were sent.
+            if let Some(previous) = last.insert(i % 7, seq) {
+                assert!(seq > previous, "key k{}: {previous} then {seq}", i % 7);
+            }
         }
         // A lone record goes out when the linger time has passed.
         let lone = producer.send(Bytes::from("lone"), Bytes::from("x"));
@@ -818,5 +823,106 @@ fn an_attach_moves_its_connection_to_the_core_it_names() {
         }
     });
     drop(held);
+    server.stop();
+}
+
+/// Cross-core hand-overs the server has timed so far, from /metrics.
+fn handovers(server: &Server) -> f64 {
+    let mut socket =
+        std::net::TcpStream::connect(server.endpoint.trim_start_matches("http://")).expect("http");
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    socket.read_to_string(&mut text).expect("read");
+    spate::tools::stats::parse(&text)
+        .into_iter()
+        .find(|(k, _)| k == "spate_latency_seconds_count{op=\"handover\",core=\"all\"}")
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no handover count in {text}"))
+}
+
+#[test]
+fn a_producer_by_owner_sends_each_record_to_its_shards_core() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+    run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        client.create_stream("owned", 4).await.expect("create");
+    });
+    // Sends 400 records over 20 keys in puts of 10 (40 puts, each of which would cross
+    // cores if routed by the server); returns each record's (shard, seq) in send order.
+    let send_all = |refresh: bool, round: u64| {
+        run(move || async move {
+            let producer = spate::client::Producer::connect_by_owner(
+                addr,
+                "owned",
+                10,
+                Duration::from_millis(5),
+                4,
+            )
+            .await
+            .expect("producer");
+            if refresh {
+                producer.refresh().await.expect("refresh");
+            }
+            let sends: Vec<_> = (0..400u64)
+                .map(|i| {
+                    producer.send(
+                        Bytes::from(format!("k{}", i % 20)),
+                        Bytes::from(payload(round * 1000 + i, 30)),
+                    )
+                })
+                .collect();
+            futures::future::join_all(sends)
+                .await
+                .into_iter()
+                .map(|r| r.expect("answered").expect("accepted"))
+                .collect::<Vec<_>>()
+        })
+    };
+    let before = handovers(&server);
+    let first = send_all(false, 0);
+    let after = handovers(&server);
+    eprintln!("hand-overs for the first 400 records: {}", after - before);
+    // Set-up only: the description, a connection's move to core 1, the metrics scrapes.
+    assert!(after - before < 10.0, "hand-overs {before} -> {after}");
+    // Each key's records keep their order.
+    let mut last: HashMap<u64, (u32, u64)> = HashMap::new();
+    for (i, &(shard, seq)) in first.iter().enumerate() {
+        if let Some(&(s, q)) = last.get(&(i as u64 % 20)) {
+            assert_eq!(s, shard);
+            assert!(seq > q, "key k{}: {q} then {seq}", i % 20);
+        }
+        last.insert(i as u64 % 20, (shard, seq));
+    }
+    // A shard moved to the other core: its records are still stored.
+    run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        let description = client.describe_stream("owned").await.expect("describe");
+        let shard = &description.shards[0];
+        let change = spate::catalog::Reshard::Move {
+            shard: shard.index,
+            core: 1 - shard.owner_core,
+        };
+        client.reshard("owned", change).await.expect("move");
+    });
+    // Read again, the map sends the moved shard's records to its new core.
+    let before = handovers(&server);
+    let second = send_all(true, 1);
+    let after = handovers(&server);
+    assert!(after - before < 10.0, "hand-overs {before} -> {after}");
+    let stored = run(move || async move {
+        let client = Client::connect(addr).await.expect("connect");
+        read_all(&client, "owned").await
+    });
+    assert_eq!(stored.len(), 800);
+    for (round, results) in [(0u64, &first), (1, &second)] {
+        for (i, at) in results.iter().enumerate() {
+            let expected = payload(round * 1000 + i as u64, 30);
+            assert_eq!(stored[at].1.as_ref(), expected.as_slice());
+        }
+    }
     server.stop();
 }

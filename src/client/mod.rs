@@ -113,14 +113,30 @@ impl Client {
     /// # Errors
     /// The server's error, or a connection or protocol failure.
     pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        self.start(request).await?.await
+    }
+
+    /// Sends a request and returns at once with a future of its response: requests
+    /// started one after another go out in that order, however their answers are awaited.
+    ///
+    /// # Errors
+    /// The connection closed before the request could be sent; the future yields the
+    /// server's error, or a connection or protocol failure.
+    pub async fn start(
+        &self,
+        request: &Request,
+    ) -> Result<impl Future<Output = Result<Response, ClientError>> + use<>, ClientError> {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().calls.insert(id, tx);
         let mut frame = BytesMut::new();
         request.encode(id, &mut frame);
         self.send(frame.freeze(), id).await?;
-        let (header, body) = rx.await.map_err(|_| ClientError::Closed)??;
-        decode_response(request.op(), header, body)
+        let op = request.op();
+        Ok(async move {
+            let (header, body) = rx.await.map_err(|_| ClientError::Closed)??;
+            decode_response(op, header, body)
+        })
     }
 
     async fn send(&self, frame: Bytes, id: u64) -> Result<(), ClientError> {
