@@ -358,7 +358,8 @@ async fn sync_round<'a>(targets: impl Iterator<Item = &'a SyncTarget>) -> SyncOu
 }
 
 /// syncfs(2) on the file system holding `target`, on glommio's blocking-syscall thread
-/// (io_uring has no syncfs), so the core goes on serving while it runs.
+/// (io_uring has no syncfs), so the core goes on serving while it runs; that thread is
+/// free to run on another CPU (see [`crate::runtime::executor_builder`]).
 async fn syncfs(target: &SyncTarget) -> Result<(), IoError> {
     use std::os::fd::AsRawFd;
     // The descriptor stays open: `target` (and its Rc<DmaFile>) outlives the await.
