@@ -193,29 +193,39 @@ fn metrics_count_what_was_put_and_stats_shows_them() {
     server.stop();
 }
 
+/// `spate load` against `server` for one second with no warm-up, over two connections,
+/// writing its summary and distribution into `out`; the caller adds the rest.
+fn one_second_load(server: &Server, out: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_spate"));
+    command
+        .args([
+            "load",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--connections",
+            "2",
+        ])
+        .arg("--server")
+        .arg(server.addr.to_string())
+        .arg("--json")
+        .arg(out.join("summary.json"))
+        .arg("--hgrm")
+        .arg(out.join("latency.hgrm"));
+    command
+}
+
 #[test]
 fn verify_reads_everything_back_and_catches_duplicates() {
     let dir = temp_dir();
     let server = Server::start(dir.path());
     let out = temp_dir();
     let run_verify = |route: &str| {
-        Command::new(env!("CARGO_BIN_EXE_spate"))
-            .args(["load", "--verify", "--stream", "checked", "--shards", "3"])
+        one_second_load(&server, out.path())
+            .args(["--verify", "--stream", "checked", "--shards", "3"])
             .args(["--route", route])
-            .args([
-                "--record-bytes",
-                "10..60",
-                "--batch",
-                "50",
-                "--connections",
-                "2",
-            ])
-            .args(["--duration", "1", "--warmup", "0", "--server"])
-            .arg(server.addr.to_string())
-            .arg("--json")
-            .arg(out.path().join("summary.json"))
-            .arg("--hgrm")
-            .arg(out.path().join("latency.hgrm"))
+            .args(["--record-bytes", "10..60", "--batch", "50"])
             .output()
             .expect("run spate load")
     };
@@ -252,46 +262,21 @@ fn verify_reads_everything_back_and_catches_duplicates() {
     server.stop();
 }
 
-/// Cross-core hand-overs the server has timed so far, from /metrics.
-fn handovers(http: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut socket = std::net::TcpStream::connect(http).expect("connect");
-    socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut text = String::new();
-    socket.read_to_string(&mut text).expect("read");
-    spate::tools::stats::parse(&text)
-        .into_iter()
-        .find(|(k, _)| k == "spate_latency_seconds_count{op=\"handover\",core=\"all\"}")
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no handover count in {text}"))
-}
-
 #[test]
 fn routed_by_owner_the_puts_take_no_cross_core_hand_over() {
     let dir = temp_dir();
     let server = Server::start(dir.path());
-    let http = server.endpoint.trim_start_matches("http://").to_string();
     let out = temp_dir();
     let load = |route: &str| {
-        let before = handovers(&http);
-        let output = Command::new(env!("CARGO_BIN_EXE_spate"))
-            .args([
-                "load", "--stream", "routed", "--shards", "4", "--route", route,
-            ])
-            .args(["--batch", "100", "--connections", "2", "--rate", "20000"])
-            .args(["--duration", "1", "--warmup", "0", "--server"])
-            .arg(server.addr.to_string())
-            .arg("--json")
-            .arg(out.path().join("summary.json"))
-            .arg("--hgrm")
-            .arg(out.path().join("latency.hgrm"))
+        let before = server.handovers();
+        let output = one_second_load(&server, out.path())
+            .args(["--stream", "routed", "--shards", "4", "--route", route])
+            .args(["--batch", "100", "--rate", "20000"])
             .output()
             .expect("run spate load");
         let stderr = String::from_utf8_lossy(&output.stderr).to_string();
         assert!(output.status.success(), "{stderr}");
-        (handovers(&http) - before, stderr)
+        (server.handovers() - before, stderr)
     };
     // About 200 requests of 100 records, each for all four shards, two on each core.
     let (by_server, _) = load("server");

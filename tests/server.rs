@@ -623,6 +623,15 @@ fn a_relative_data_dir_serves_like_an_absolute_one() {
     server.stop();
 }
 
+/// A keep-alive connection to the server's HTTP port, for [`connections_per_core`].
+fn metrics_connection(server: &Server) -> std::net::TcpStream {
+    let http =
+        std::net::TcpStream::connect(server.endpoint.trim_start_matches("http://")).expect("http");
+    http.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    http
+}
+
 /// Open connections per core, from `spate_connections` on /metrics, asked over one
 /// keep-alive HTTP connection (itself one of the connections counted).
 fn connections_per_core(http: &mut std::net::TcpStream) -> Vec<usize> {
@@ -659,9 +668,7 @@ fn connections_are_spread_evenly_over_the_cores() {
     let dir = temp_dir();
     let server = Server::start(dir.path());
     let timeout = Some(Duration::from_secs(10));
-    let mut http =
-        std::net::TcpStream::connect(server.endpoint.trim_start_matches("http://")).expect("http");
-    http.set_read_timeout(timeout).expect("timeout");
+    let mut http = metrics_connection(&server);
     let mut held = Vec::new();
     for opened in 1..=24 {
         let mut socket = std::net::TcpStream::connect(server.addr).expect("connect");
@@ -733,9 +740,7 @@ fn an_attach_moves_its_connection_to_the_core_it_names() {
     let dir = temp_dir();
     let server = Server::start(dir.path());
     let timeout = Some(Duration::from_secs(10));
-    let mut http =
-        std::net::TcpStream::connect(server.endpoint.trim_start_matches("http://")).expect("http");
-    http.set_read_timeout(timeout).expect("timeout");
+    let mut http = metrics_connection(&server);
     let connect = || {
         let socket = std::net::TcpStream::connect(server.addr).expect("connect");
         socket.set_read_timeout(timeout).expect("timeout");
@@ -826,22 +831,6 @@ fn an_attach_moves_its_connection_to_the_core_it_names() {
     server.stop();
 }
 
-/// Cross-core hand-overs the server has timed so far, from /metrics.
-fn handovers(server: &Server) -> f64 {
-    let mut socket =
-        std::net::TcpStream::connect(server.endpoint.trim_start_matches("http://")).expect("http");
-    socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut text = String::new();
-    socket.read_to_string(&mut text).expect("read");
-    spate::tools::stats::parse(&text)
-        .into_iter()
-        .find(|(k, _)| k == "spate_latency_seconds_count{op=\"handover\",core=\"all\"}")
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no handover count in {text}"))
-}
-
 #[test]
 fn a_producer_by_owner_sends_each_record_to_its_shards_core() {
     let dir = temp_dir();
@@ -882,9 +871,9 @@ fn a_producer_by_owner_sends_each_record_to_its_shards_core() {
                 .collect::<Vec<_>>()
         })
     };
-    let before = handovers(&server);
+    let before = server.handovers();
     let first = send_all(false, 0);
-    let after = handovers(&server);
+    let after = server.handovers();
     eprintln!("hand-overs for the first 400 records: {}", after - before);
     // Set-up only: the description, a connection's move to core 1, the metrics scrapes.
     assert!(after - before < 10.0, "hand-overs {before} -> {after}");
@@ -909,9 +898,9 @@ fn a_producer_by_owner_sends_each_record_to_its_shards_core() {
         client.reshard("owned", change).await.expect("move");
     });
     // Read again, the map sends the moved shard's records to its new core.
-    let before = handovers(&server);
+    let before = server.handovers();
     let second = send_all(true, 1);
-    let after = handovers(&server);
+    let after = server.handovers();
     assert!(after - before < 10.0, "hand-overs {before} -> {after}");
     let stored = run(move || async move {
         let client = Client::connect(addr).await.expect("connect");

@@ -177,6 +177,30 @@ impl Server {
         }
     }
 
+    /// The server's /metrics text, over a connection of its own.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(self.endpoint.trim_start_matches("http://"))
+            .expect("connect to the HTTP port");
+        socket
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: spate\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut text = String::new();
+        socket.read_to_string(&mut text).expect("read");
+        text
+    }
+
+    /// Cross-core hand-overs the server has timed so far (every core-to-core call), from
+    /// /metrics.
+    pub fn handovers(&self) -> f64 {
+        let text = self.metrics();
+        spate::tools::stats::parse(&text)
+            .into_iter()
+            .find(|(k, _)| k == "spate_latency_seconds_count{op=\"handover\",core=\"all\"}")
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no handover count in {text}"))
+    }
+
     /// Stops the server with SIGTERM and waits for a clean exit.
     pub fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
