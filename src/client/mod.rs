@@ -52,6 +52,46 @@ struct Pending {
     subscriptions: HashMap<u64, Rc<LocalSender<Result<RecordsBody, ClientError>>>>,
 }
 
+/// Which server core owns each hash key of a stream: its open shards' hash ranges, by
+/// start, with each one's owner core (from a description). What a client needs to send
+/// each record straight to its owner core (see [`Client::connect_to_core`]).
+#[derive(Clone, Debug)]
+pub struct OwnerMap {
+    starts: Vec<u128>,
+    cores: Vec<usize>,
+}
+
+impl OwnerMap {
+    pub fn new(description: &StreamDescription) -> OwnerMap {
+        let mut open: Vec<(u128, usize)> = description
+            .shards
+            .iter()
+            .filter(|s| s.end_seq.is_none())
+            .map(|s| (s.hash_start, usize::from(s.owner_core)))
+            .collect();
+        open.sort_unstable();
+        OwnerMap {
+            starts: open.iter().map(|&(start, _)| start).collect(),
+            cores: open.iter().map(|&(_, core)| core).collect(),
+        }
+    }
+
+    /// The core of the open shard whose range holds `hash` (the open shards' ranges
+    /// cover every hash key; core 0 for a map of none).
+    pub fn core_of(&self, hash: u128) -> usize {
+        let after = self.starts.partition_point(|&start| start <= hash);
+        self.cores
+            .get(after.saturating_sub(1))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The cores that own open shards, in hash order, repeated as often as they own one.
+    pub fn cores(&self) -> impl Iterator<Item = usize> + '_ {
+        self.cores.iter().copied()
+    }
+}
+
 /// A connection to a spate server.
 pub struct Client {
     out: LocalSender<Bytes>,
@@ -385,5 +425,49 @@ async fn dispatch(pending: &Rc<RefCell<Pending>>, header: FrameHeader, body: Byt
         if let Ok(error) = binary::decode_error(header.status, body) {
             tracing::warn!(%error, "server reported an error on the connection");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::binary::ShardDescription;
+
+    fn shard(index: u32, (start, end): (u128, u128), core: u16, closed: bool) -> ShardDescription {
+        ShardDescription {
+            index,
+            owner_core: core,
+            hash_start: start,
+            hash_end: end,
+            trim_seq: 0,
+            tip_seq: 0,
+            parent: None,
+            adjacent_parent: None,
+            end_seq: closed.then_some(0),
+        }
+    }
+
+    #[test]
+    fn the_owner_map_names_the_core_of_the_open_shard_holding_a_hash() {
+        let ranges = crate::catalog::hash_ranges(4);
+        // Listed out of hash order, with a closed parent spanning everything on core 7.
+        let mut shards = vec![shard(9, (0, u128::MAX), 7, true)];
+        for (i, &range) in ranges.iter().enumerate().rev() {
+            shards.push(shard(i as u32, range, [0, 1, 1, 0][i], false));
+        }
+        let map = OwnerMap::new(&StreamDescription {
+            name: "s".into(),
+            status: "ACTIVE".into(),
+            retention_hours: 24,
+            created_us: 0,
+            shards,
+        });
+        for (i, &(start, end)) in ranges.iter().enumerate() {
+            let core = [0, 1, 1, 0][i];
+            for hash in [start, start + (end - start) / 2, end] {
+                assert_eq!(map.core_of(hash), core, "shard {i}, hash {hash}");
+            }
+        }
+        assert_eq!(map.cores().collect::<Vec<_>>(), vec![0, 1, 1, 0]);
     }
 }

@@ -23,9 +23,9 @@ use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::sync::Semaphore;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, OwnerMap};
 use crate::limits::BATCH_RECORDS_MAX;
-use crate::protocol::binary::{PutEntry, PutResult, Request, Response, StreamDescription};
+use crate::protocol::binary::{PutEntry, PutResult, Request, Response};
 
 /// Gathers records into batched puts.
 pub struct Producer {
@@ -42,40 +42,9 @@ struct Inner {
     /// Where a record goes when its core has no lane: the first lane.
     fallback: Rc<Lane>,
     /// Which lane a hash key goes to; `None` when there is only one lane.
-    owners: RefCell<Option<Owners>>,
+    owners: RefCell<Option<OwnerMap>>,
     /// For [`Producer::refresh`]: the server, when connected by owner.
     addr: Option<SocketAddr>,
-}
-
-/// The open shards' hash ranges, by start, with the core that owns each.
-struct Owners {
-    starts: Vec<u128>,
-    cores: Vec<usize>,
-}
-
-impl Owners {
-    fn of(description: &StreamDescription) -> Owners {
-        let mut open: Vec<(u128, usize)> = description
-            .shards
-            .iter()
-            .filter(|s| s.end_seq.is_none())
-            .map(|s| (s.hash_start, usize::from(s.owner_core)))
-            .collect();
-        open.sort_unstable();
-        Owners {
-            starts: open.iter().map(|&(start, _)| start).collect(),
-            cores: open.iter().map(|&(_, core)| core).collect(),
-        }
-    }
-
-    /// The core of the shard whose range holds `hash` (open ranges cover every hash).
-    fn core_of(&self, hash: u128) -> usize {
-        let after = self.starts.partition_point(|&start| start <= hash);
-        self.cores
-            .get(after.saturating_sub(1))
-            .copied()
-            .unwrap_or(0)
-    }
 }
 
 /// One connection's batching: the open batch, and the closed ones queued for the lane's
@@ -136,11 +105,11 @@ impl Producer {
         in_flight: usize,
     ) -> Result<Producer, ClientError> {
         let description = Client::connect(addr).await?.describe_stream(stream).await?;
-        let owners = Owners::of(&description);
-        let cores = owners.cores.iter().max().map_or(1, |&core| core + 1);
+        let owners = OwnerMap::new(&description);
+        let cores = owners.cores().max().map_or(1, |core| core + 1);
         let mut lanes = Vec::with_capacity(cores);
         for core in 0..cores {
-            let lane = if owners.cores.contains(&core) {
+            let lane = if owners.cores().any(|c| c == core) {
                 let client = Client::connect_to_core(addr, core as u16).await?;
                 Some(Rc::new(Lane::new(Rc::new(client), stream, in_flight)))
             } else {
@@ -185,7 +154,7 @@ impl Producer {
         };
         let client = Client::connect(addr).await?;
         let description = client.describe_stream(&self.inner.stream).await?;
-        *self.inner.owners.borrow_mut() = Some(Owners::of(&description));
+        *self.inner.owners.borrow_mut() = Some(OwnerMap::new(&description));
         Ok(())
     }
 

@@ -176,32 +176,18 @@ fn static_keys(count: usize) -> Vec<Bytes> {
 }
 
 /// The owner core of each of the load's `count` keys (those [`KeyChooser::new`] draws
-/// from): the core of the open shard whose hash range holds the key's MD5.
-///
-/// # Errors
-/// A key no open shard holds (the description is of a stream mid-reshard).
+/// from), by the MD5 of each.
 pub fn key_owners(
     description: &crate::protocol::binary::StreamDescription,
     count: usize,
-) -> Result<Arc<[u16]>, String> {
+) -> Arc<[u16]> {
+    let owners = crate::client::OwnerMap::new(description);
     let keys = static_keys(count.max(1));
     let mut hashes = Vec::with_capacity(keys.len());
     crate::catalog::md5x8::hash_keys(&keys, &mut hashes);
     hashes
         .iter()
-        .map(|&hash| {
-            description
-                .shards
-                .iter()
-                .find(|s| s.end_seq.is_none() && s.hash_start <= hash && hash <= s.hash_end)
-                .map(|s| s.owner_core)
-                .ok_or_else(|| {
-                    format!(
-                        "no open shard of stream {} holds hash key {hash}",
-                        description.name
-                    )
-                })
-        })
+        .map(|&hash| u16::try_from(owners.core_of(hash)).unwrap_or(0))
         .collect()
 }
 

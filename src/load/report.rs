@@ -206,7 +206,7 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
     let description = ensure_stream(&options)?;
     let owners = match description {
         Some(description) if options.route == crate::load::Route::Owner => {
-            let owners = crate::load::key_owners(&description, options.keys)?;
+            let owners = crate::load::key_owners(&description, options.keys);
             let mut cores: Vec<u16> = owners.to_vec();
             cores.sort_unstable();
             cores.dedup();
