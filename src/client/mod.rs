@@ -92,6 +92,29 @@ impl OwnerMap {
     }
 }
 
+/// One connection to `addr` per core in `cores` (repeats are fine), each attached to its
+/// core, indexed by core: `None` for a core below the largest that is not in `cores`.
+///
+/// # Errors
+/// A connection failing, or the server refusing to serve one on its core.
+pub async fn connect_per_core(
+    addr: SocketAddr,
+    cores: impl Iterator<Item = usize>,
+) -> Result<Vec<Option<Rc<Client>>>, ClientError> {
+    let mut clients: Vec<Option<Rc<Client>>> = Vec::new();
+    for core in cores {
+        if clients.len() <= core {
+            clients.resize_with(core + 1, || None);
+        }
+        if clients[core].is_none() {
+            let wanted = u16::try_from(core)
+                .map_err(|_| ClientError::Protocol(format!("no server core {core}")))?;
+            clients[core] = Some(Rc::new(Client::connect_to_core(addr, wanted).await?));
+        }
+    }
+    Ok(clients)
+}
+
 /// A connection to a spate server.
 pub struct Client {
     out: LocalSender<Bytes>,

@@ -23,7 +23,7 @@ use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::sync::Semaphore;
 
-use crate::client::{Client, ClientError, OwnerMap};
+use crate::client::{Client, ClientError, OwnerMap, connect_per_core};
 use crate::limits::BATCH_RECORDS_MAX;
 use crate::protocol::binary::{PutEntry, PutResult, Request, Response};
 
@@ -106,17 +106,11 @@ impl Producer {
     ) -> Result<Producer, ClientError> {
         let description = Client::connect(addr).await?.describe_stream(stream).await?;
         let owners = OwnerMap::new(&description);
-        let cores = owners.cores().max().map_or(1, |core| core + 1);
-        let mut lanes = Vec::with_capacity(cores);
-        for core in 0..cores {
-            let lane = if owners.cores().any(|c| c == core) {
-                let client = Client::connect_to_core(addr, core as u16).await?;
-                Some(Rc::new(Lane::new(Rc::new(client), stream, in_flight)))
-            } else {
-                None
-            };
-            lanes.push(lane);
-        }
+        let mut lanes: Vec<Option<Rc<Lane>>> = connect_per_core(addr, owners.cores())
+            .await?
+            .into_iter()
+            .map(|client| client.map(|client| Rc::new(Lane::new(client, stream, in_flight))))
+            .collect();
         let fallback = match lanes.iter().flatten().next() {
             Some(lane) => lane.clone(),
             // No open shard to own anything (the stream is being deleted): one connection

@@ -76,6 +76,12 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// Whether each record goes to its shard's owner core: [`Route::Owner`] with the binary
+    /// protocol (the others have no such choice).
+    pub fn routes_by_owner(&self) -> bool {
+        self.protocol == LoadProtocol::Binary && self.route == Route::Owner
+    }
+
     /// Worker threads that run: as asked, but at least one and no more than connections.
     pub fn worker_threads(&self) -> usize {
         self.workers.clamp(1, self.connections.max(1))
@@ -304,31 +310,25 @@ pub async fn run_worker(
             }
         });
         let sender = match options.protocol {
-            LoadProtocol::Binary if owners.is_some() => {
-                let owners = owners.clone().unwrap_or_else(|| Arc::from(Vec::new()));
-                let cores = owners.iter().map(|&core| usize::from(core) + 1).max();
-                let mut clients = Vec::new();
-                for core in 0..cores.unwrap_or(0) {
-                    let client = if owners.contains(&(core as u16)) {
-                        let client = Client::connect_to_core(options.target, core as u16)
+            LoadProtocol::Binary => {
+                let clients = match &owners {
+                    Some(owners) => {
+                        let cores = owners.iter().map(|&core| usize::from(core));
+                        crate::client::connect_per_core(options.target, cores)
                             .await
-                            .map_err(|e| format!("connecting to server core {core}: {e}"))?;
-                        Some(std::rc::Rc::new(client))
-                    } else {
-                        None
-                    };
-                    clients.push(client);
-                }
-                Sender::Owners {
+                            .map_err(|e| format!("connecting to each owner core: {e}"))?
+                    }
+                    None => vec![Some(std::rc::Rc::new(
+                        Client::connect(options.target)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    ))],
+                };
+                Sender::Binary {
                     clients: clients.into(),
-                    owners,
+                    owners: owners.clone(),
                 }
             }
-            LoadProtocol::Binary => Sender::Binary(std::rc::Rc::new(
-                Client::connect(options.target)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )),
             LoadProtocol::Kinesis => Sender::Kinesis(std::rc::Rc::new(
                 kinesis::Pool::connect(options.target, options.in_flight).await?,
             )),
@@ -362,12 +362,11 @@ pub async fn run_worker(
 /// Where a connection's puts go.
 #[derive(Clone)]
 enum Sender {
-    Binary(std::rc::Rc<Client>),
-    /// A connection per server core (`None` for cores that own none of the stream's open
-    /// shards), and the core of each key (see [`Route::Owner`]).
-    Owners {
+    /// One connection, or one per server core (`None` for cores that own none of the
+    /// stream's open shards) with the core of each key (see [`Route::Owner`]).
+    Binary {
         clients: std::rc::Rc<[Option<std::rc::Rc<Client>>]>,
-        owners: Arc<[u16]>,
+        owners: Option<Arc<[u16]>>,
     },
     Kinesis(std::rc::Rc<kinesis::Pool>),
     Nats(std::rc::Rc<nats::Connection>),
@@ -377,7 +376,11 @@ impl Sender {
     /// The picks of one request, in parts that each go to one connection: the core of each
     /// pick's key when routing by owner (a key's picks keep their order), else one part.
     fn split(&self, picks: Vec<Pick>) -> Vec<(usize, Vec<Pick>)> {
-        let Sender::Owners { clients, owners } = self else {
+        let Sender::Binary {
+            clients,
+            owners: Some(owners),
+        } = self
+        else {
             return vec![(0, picks)];
         };
         let mut parts: Vec<Vec<Pick>> = vec![Vec::new(); clients.len()];
@@ -397,11 +400,7 @@ impl Sender {
     /// Puts `batch` through connection `part` (from [`Sender::split`]).
     async fn put(&self, part: usize, stream: &str, batch: Batch) -> Result<Acks, ClientError> {
         match self {
-            Sender::Binary(client) => client
-                .put_records(stream, batch.into_entries())
-                .await
-                .map(Acks::from_results),
-            Sender::Owners { clients, .. } => match clients.get(part) {
+            Sender::Binary { clients, .. } => match clients.get(part) {
                 Some(Some(client)) => client
                     .put_records(stream, batch.into_entries())
                     .await

@@ -119,9 +119,7 @@ impl LoadReport {
             ),
             self.mode,
             options.protocol,
-            if options.protocol == crate::load::LoadProtocol::Binary
-                && options.route == crate::load::Route::Owner
-            {
+            if options.routes_by_owner() {
                 "owner"
             } else {
                 "server"
@@ -205,7 +203,7 @@ impl LoadReport {
 pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
     let description = ensure_stream(&options)?;
     let owners = match description {
-        Some(description) if options.route == crate::load::Route::Owner => {
+        Some(description) if options.routes_by_owner() => {
             let owners = crate::load::key_owners(&description, options.keys);
             let mut cores: Vec<u16> = owners.to_vec();
             cores.sort_unstable();
